@@ -39,7 +39,7 @@ def run(cmd: list[str], **kw: object) -> None:
 
 
 def ensure_venv() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 -- this file runs before any venv exists
         sys.exit(f"[dev] Python 3.11 or newer is needed, this is {sys.version.split()[0]}")
     if not PY.exists():
         say(f"creating {VENV}")
@@ -88,7 +88,10 @@ def main(argv: list[str]) -> int:
     if cmd == "setup":
         return 0
     if cmd == "demo":
-        args = [str(PY), "-m", "actors.cli", "demo", *rest]
+        job = ROOT / "examples" / "demo_job.py"
+        if not job.exists():  # until the scraping job lands, the core's example runs
+            job = ROOT / "examples" / "supervision_tree.py"
+        args = [str(PY), str(job), *rest]
     else:
         args = [str(PY), "-m", "pytest", *rest]
     return subprocess.run(args, cwd=ROOT).returncode

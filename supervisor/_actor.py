@@ -1,0 +1,522 @@
+"""Actors, their refs and the runtime of one incarnation.
+
+An actor is a bounded mailbox (an anyio memory object stream) and a task that takes
+messages off it one at a time. Three kinds of message reach the handlers:
+``handle_cast`` (fire and forget), ``handle_call`` (request/reply) and ``handle_info``
+(monitor ``Down`` notices, timers, anything the runtime or the actor sends itself).
+
+Casting is fast: while the mailbox has room an item is put with ``send_nowait``, without
+the scheduler round trip that ``await send`` always makes; cancellation is still honoured
+at every cast, and the sender yields to the scheduler at least every 64 casts so a
+producer flooding an actor never starves other tasks. When the mailbox is full the sender
+waits (backpressure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
+
+from ._errors import ActorExited, CallTimeout, MailboxFull
+from ._events import current_correlation_id
+
+if TYPE_CHECKING:
+    from ._tree import Tree
+
+__all__ = ["Actor", "ActorRef", "Down", "MonitorRef", "Timer"]
+
+NORMAL = "normal"
+SHUTDOWN = "shutdown"
+KILLED = "killed"
+
+_CAST, _CALL, _INFO, _WAKE = 0, 1, 2, 3
+_WAKE_ITEM = (_WAKE, None, None)
+_YIELD_EVERY = 64
+
+# Counts casts that took the fast path since the last yield; one counter for the whole
+# thread so that a producer casting to many actors still yields every 64 casts.
+_fast_casts = 0
+
+
+def describe_reason(reason: Any) -> str:
+    """``normal``/``shutdown``/``killed``, or ``crashed: ValueError('boom')``."""
+    return reason if isinstance(reason, str) else f"crashed: {reason!r}"
+
+
+def is_normal(reason: Any) -> bool:
+    """True for the exits OTP calls normal: ``normal`` and ``shutdown``."""
+    return reason in (NORMAL, SHUTDOWN)
+
+
+@attrs.frozen
+class Down:
+    """Sent to a watcher's ``handle_info`` when a monitored incarnation ends."""
+
+    ref: ActorRef
+    reason: Any
+    monitor: MonitorRef
+
+
+@attrs.frozen(eq=False)
+class MonitorRef:
+    """Handle of one monitor; pass it to ``demonitor``."""
+
+    target: ActorRef
+
+
+class _Reply:
+    """One-shot reply slot of a call."""
+
+    __slots__ = ("abandoned", "done", "error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.done = False
+        self.abandoned = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def set(self, value: Any) -> None:
+        if not self.done:
+            self.done = True
+            self.value = value
+            self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done:
+            self.done = True
+            self.error = error
+            self.event.set()
+
+
+class Timer:
+    """A pending ``send_after``; ``cancel()`` stops it if it has not fired yet."""
+
+    def __init__(self) -> None:
+        self._scope = anyio.CancelScope()
+        self.fired = False
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+
+class Actor:
+    """Base class of actors: override the hooks you need.
+
+    ``on_start`` runs in the actor's own task before any message; if it raises, the
+    start fails (and with it the supervisor's start, or ``start_child``). ``on_stop``
+    runs after the last message with the exit reason, also after a crash; an exception
+    in it is logged and does not block shutdown. A handler exception crashes the
+    actor; its supervisor decides about a restart.
+    """
+
+    _cell: Cell
+    _ref_class: type[ActorRef]
+
+    async def on_start(self) -> None:
+        """Prepare state before the first message."""
+
+    async def handle_cast(self, msg: Any) -> None:
+        """Handle a fire-and-forget message."""
+        raise NotImplementedError(f"{type(self).__name__} does not handle casts: {msg!r}")
+
+    async def handle_call(self, msg: Any) -> Any:
+        """Handle a request and return the reply."""
+        raise NotImplementedError(f"{type(self).__name__} does not handle calls: {msg!r}")
+
+    async def handle_info(self, msg: Any) -> None:
+        """Handle ``Down`` notices, timer messages and other runtime messages."""
+
+    async def on_stop(self, reason: Any) -> None:
+        """Release what ``on_start`` took; ``reason`` says why the actor ends."""
+
+    def _lifetime(self) -> AbstractAsyncContextManager[Any]:
+        # A supervisor replaces this with the task group its children live in.
+        return contextlib.nullcontext()
+
+    # -- helpers for the actor's own code -------------------------------------------
+
+    @property
+    def ref(self) -> ActorRef:
+        """This incarnation's ref."""
+        return self._cell.ref
+
+    @property
+    def path(self) -> str:
+        """This actor's path in its tree, e.g. ``job/browser/tabs/tab-1``."""
+        return self._cell.path
+
+    @property
+    def tree(self) -> Tree:
+        """The tree this actor runs in (registry, events, shutdown requests)."""
+        return self._cell.tree
+
+    def stop(self, reason: Any = NORMAL) -> None:
+        """End this actor after the current message, with ``reason`` (default normal)."""
+        self._cell.request_stop(reason)
+
+    def monitor(self, ref: ActorRef) -> MonitorRef:
+        """Get one ``Down`` in ``handle_info`` when ``ref``'s incarnation ends."""
+        return ref._cell.add_monitor(self._cell)
+
+    def demonitor(self, mref: MonitorRef) -> None:
+        """Cancel a monitor; no ``Down`` for it arrives after this returns."""
+        mref.target._cell.remove_monitor(mref)
+        self._cell.cancelled_monitors.add(id(mref))
+
+    def send_after(self, delay: float, msg: Any) -> Timer:
+        """Deliver ``msg`` to this actor's ``handle_info`` after ``delay`` seconds."""
+        return self._cell.tree.send_after(self._cell.ref, delay, msg)
+
+
+class ActorRef:
+    """A handle to one incarnation of an actor.
+
+    After that incarnation ends every send raises :class:`ActorExited`; use a name
+    (``tree.whereis`` or ``tree.ref(name)``) to reach whichever incarnation is current.
+    """
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        self._cell = cell
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive else "exited"
+        return f"<ActorRef {self._cell.path} #{self._cell.incarnation} {state}>"
+
+    @property
+    def path(self) -> str:
+        """The actor's path in its tree."""
+        return self._cell.path
+
+    @property
+    def alive(self) -> bool:
+        """True until this incarnation has ended."""
+        return self._cell.reason is None
+
+    @property
+    def exit_reason(self) -> Any:
+        """The exit reason once ended, else None."""
+        return self._cell.reason
+
+    async def cast(self, msg: Any) -> None:
+        """Send ``msg`` to ``handle_cast``; waits while the mailbox is full.
+
+        Raises :class:`ActorExited` if the actor has ended.
+        """
+        global _fast_casts
+        cell = self._cell
+        # The cancellation point comes before the send: a cast that raised Cancelled
+        # was never delivered.
+        _fast_casts += 1
+        if _fast_casts >= _YIELD_EVERY:
+            _fast_casts = 0
+            await checkpoint()
+        else:
+            await checkpoint_if_cancelled()
+        try:
+            cell.send_nowait((_CAST, msg, None))
+        except WouldBlock:
+            _fast_casts = 0
+            await cell.send_waiting((_CAST, msg, None))
+        except (BrokenResourceError, ClosedResourceError):
+            raise cell.exited_error() from None
+
+    def cast_nowait(self, msg: Any) -> None:
+        """Like :meth:`cast` but never waits: raises :class:`MailboxFull` instead."""
+        cell = self._cell
+        try:
+            cell.send_nowait((_CAST, msg, None))
+        except WouldBlock:
+            raise MailboxFull(cell.path, cell.mailbox_size) from None
+        except (BrokenResourceError, ClosedResourceError):
+            raise cell.exited_error() from None
+
+    async def call(self, msg: Any, timeout: float | None = 5.0) -> Any:
+        """Send ``msg`` to ``handle_call`` and return its reply.
+
+        Raises the handler's own exception if it failed (the actor crashes too),
+        :class:`ActorExited` if the actor has ended or ends before replying, and
+        :class:`CallTimeout` if no reply came within ``timeout`` seconds (None: no limit).
+        """
+        cell = self._cell
+        reply = _Reply()
+        item = (_CALL, msg, reply)
+        try:
+            cell.send_nowait(item)
+        except WouldBlock:
+            await cell.send_waiting(item)
+        except (BrokenResourceError, ClosedResourceError):
+            raise cell.exited_error() from None
+        if timeout is None:
+            await reply.event.wait()
+        else:
+            with anyio.move_on_after(timeout):
+                await reply.event.wait()
+            if not reply.done:
+                reply.abandoned = True
+                raise CallTimeout(cell.path, timeout, msg)
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+    async def info(self, msg: Any) -> None:
+        """Send ``msg`` to ``handle_info`` (waits while the mailbox is full)."""
+        cell = self._cell
+        try:
+            cell.send_nowait((_INFO, msg, None))
+        except WouldBlock:
+            await cell.send_waiting((_INFO, msg, None))
+        except (BrokenResourceError, ClosedResourceError):
+            raise cell.exited_error() from None
+        await checkpoint_if_cancelled()
+
+
+class Cell:
+    """The runtime of one incarnation: mailbox, task, stop protocol and exit."""
+
+    def __init__(
+        self,
+        tree: Tree,
+        path: str,
+        actor: Actor,
+        mailbox_size: float,
+        incarnation: int,
+        on_exit: Callable[[Cell, Any, str], None],
+        name: str | None = None,
+    ) -> None:
+        self.tree = tree
+        self.path = path
+        self.actor = actor
+        self.mailbox_size = mailbox_size
+        self.incarnation = incarnation
+        self.name = name
+        self._on_exit = on_exit
+        send, recv = anyio.create_memory_object_stream[tuple[int, Any, Any]](mailbox_size)
+        self._send = send
+        self._recv = recv
+        self.send_nowait = send.send_nowait
+        self.ref: ActorRef = getattr(actor, "_ref_class", ActorRef)(self)
+        self.reason: Any = None
+        self.started = anyio.Event()
+        self.start_error: BaseException | None = None
+        self.done = anyio.Event()
+        self.stopping = False
+        self.stop_reason: Any = NORMAL
+        self.hard_scope: anyio.CancelScope | None = None
+        self.kill_requested = False
+        self.monitors: dict[int, tuple[MonitorRef, Cell]] = {}
+        self.cancelled_monitors: set[int] = set()
+        self.current_reply: _Reply | None = None
+        actor._cell = self
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def send_waiting(self, item: tuple[int, Any, Any]) -> None:
+        try:
+            await self._send.send(item)
+        except (BrokenResourceError, ClosedResourceError):
+            raise self.exited_error() from None
+
+    def exited_error(self) -> ActorExited:
+        return ActorExited(self.path, self.reason if self.reason is not None else SHUTDOWN)
+
+    def deliver(self, msg: Any) -> None:
+        """Put a runtime message (Down, timer, exit notice) in the mailbox without waiting.
+
+        When the mailbox is full a helper task of the tree delivers it later, so the
+        message is never lost while the actor lives.
+        """
+        item = (_INFO, msg, None)
+        try:
+            self.send_nowait(item)
+        except WouldBlock:
+            self.tree.spawn_system(self._deliver_later, item)
+        except (BrokenResourceError, ClosedResourceError):
+            pass  # the watcher is gone: nobody to tell
+
+    async def _deliver_later(self, item: tuple[int, Any, Any]) -> None:
+        try:
+            await self._send.send(item)
+        except (BrokenResourceError, ClosedResourceError):
+            pass
+
+    # -- monitors ----------------------------------------------------------------------
+
+    def add_monitor(self, watcher: Cell) -> MonitorRef:
+        mref = MonitorRef(self.ref)
+        if self.reason is not None:
+            watcher.deliver(Down(self.ref, self.reason, mref))
+        else:
+            self.monitors[id(mref)] = (mref, watcher)
+        return mref
+
+    def remove_monitor(self, mref: MonitorRef) -> None:
+        self.monitors.pop(id(mref), None)
+
+    # -- life --------------------------------------------------------------------------
+
+    def request_stop(self, reason: Any = SHUTDOWN) -> None:
+        """Ask the actor to end after its current message."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_reason = reason
+        try:
+            self.send_nowait(_WAKE_ITEM)
+        except (WouldBlock, BrokenResourceError, ClosedResourceError):
+            pass  # not idle (it sees the flag after this message) or already gone
+
+    def kill(self) -> None:
+        """Cancel the actor's task at once."""
+        self.kill_requested = True
+        if self.hard_scope is not None:
+            self.hard_scope.cancel()
+
+    async def stop(self, shutdown: float | str | None) -> None:
+        """Stop as a supervisor does: ask, wait up to ``shutdown`` s, then cancel."""
+        if self.reason is not None:
+            return
+        if shutdown == "brutal":
+            self.kill()
+        else:
+            self.request_stop(SHUTDOWN)
+            if shutdown is None:
+                await self.done.wait()
+            else:
+                with anyio.move_on_after(float(shutdown)):  # type: ignore[arg-type]
+                    await self.done.wait()
+                if self.reason is None:
+                    self.kill()
+        await self.done.wait()
+
+    async def run(self) -> None:
+        """The incarnation's task: start, serve the mailbox, stop, report the exit."""
+        reason: Any = None
+        cid = ""
+        with anyio.CancelScope() as scope:
+            self.hard_scope = scope
+            if self.kill_requested:
+                scope.cancel()
+            try:
+                async with self.actor_scope():
+                    try:
+                        await self.actor.on_start()
+                    except Exception as exc:
+                        self.start_error = exc
+                        reason = exc
+                        cid = current_correlation_id() or self.tree.correlation_id
+                    else:
+                        self.started.set()
+                        try:
+                            await self._serve()
+                            reason = self.stop_reason
+                        except Exception as exc:
+                            reason = exc
+                            cid = current_correlation_id() or self.tree.correlation_id
+                            if self.current_reply is not None:
+                                exc.add_note(f"raised by actor {self.path} while handling a call")
+                                self.current_reply.fail(exc)
+                        await self._stop_hook(reason)
+            except BaseException as exc:
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    if reason is None:
+                        reason = KILLED
+                    raise
+                if reason is None:
+                    reason = exc
+                raise
+            finally:
+                self._finish(reason if reason is not None else KILLED, cid)
+
+    def actor_scope(self) -> AbstractAsyncContextManager[Any]:
+        """Async context around the actor's whole life (a supervisor owns a task group)."""
+        return self.actor._lifetime()
+
+    async def _serve(self) -> None:
+        actor = self.actor
+        recv_nowait = self._recv.receive_nowait
+        receive = self._recv.receive
+        handle_cast = actor.handle_cast
+        handled = 0
+        while not self.stopping:
+            try:
+                kind, msg, reply = recv_nowait()
+            except WouldBlock:
+                kind, msg, reply = await receive()
+                handled = 0
+            else:
+                handled += 1
+                if handled >= _YIELD_EVERY:
+                    handled = 0
+                    await checkpoint()
+            if kind == _CAST:
+                await handle_cast(msg)
+            elif kind == _CALL:
+                if reply.abandoned:
+                    continue
+                self.current_reply = reply
+                result = await actor.handle_call(msg)
+                self.current_reply = None
+                reply.set(result)
+            elif kind == _INFO:
+                if isinstance(msg, Down) and id(msg.monitor) in self.cancelled_monitors:
+                    self.cancelled_monitors.discard(id(msg.monitor))
+                    continue
+                await actor.handle_info(msg)
+
+    async def _stop_hook(self, reason: Any) -> None:
+        try:
+            await self.actor.on_stop(reason)
+        except Exception as exc:
+            self.tree.events.emit(
+                "stop_hook_failed", self.path, self.tree.correlation_id, exc
+            )
+
+    def abandon(self) -> None:
+        """Finish an incarnation whose task never ran (or was cancelled before it began)."""
+        self.start_error = self.start_error or RuntimeError(f"{self.path} never ran")
+        self._finish(KILLED, self.tree.correlation_id)
+
+    def _finish(self, reason: Any, cid: str) -> None:
+        """Close the mailbox, fail what waits on it, tell monitors and the parent."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        dropped: list[Any] = []
+        exited = ActorExited(self.path, reason, " before replying")
+        if self.current_reply is not None:
+            self.current_reply.fail(exited)
+        # Drain without awaiting so no sender slips in between the drain and the close.
+        while True:
+            try:
+                kind, msg, reply = self._recv.receive_nowait()
+            except (WouldBlock, anyio.EndOfStream, ClosedResourceError):
+                break
+            if kind == _CALL:
+                reply.fail(exited)
+            elif kind == _CAST:
+                dropped.append(msg)
+        self._recv.close()
+        self._send.close()
+        self.started.set()
+        self.done.set()
+        if self.name is not None:
+            self.tree.unregister(self.name, self)
+        if dropped:
+            self.tree.events.emit(
+                "dropped", self.path, cid or self.tree.correlation_id,
+                count=len(dropped), messages=dropped,
+            )
+        for mref, watcher in self.monitors.values():
+            watcher.deliver(Down(self.ref, reason, mref))
+        self.monitors.clear()
+        self._on_exit(self, reason, cid or self.tree.correlation_id)

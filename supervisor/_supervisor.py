@@ -1,0 +1,450 @@
+"""Supervisors: every restart decision of the framework lives in this file.
+
+A supervisor is an actor that starts its children in spec order, watches them, and
+restarts them following Erlang/OTP's ``supervisor`` module:
+
+* **Restart types** (:func:`should_restart`): permanent children are always restarted,
+  transient ones only after an abnormal exit (anything but ``normal``/``shutdown``),
+  temporary ones never (they are removed from the supervisor when they end).
+* **Intensity** (:func:`add_restart`): every restart is recorded; when more than
+  ``intensity`` restarts fall within ``period`` seconds, the supervisor stops all its
+  children in reverse start order and exits with :class:`IntensityExceeded`. Its own
+  supervisor sees that as a crash of a child (escalation). Intensity is checked before
+  the strategy runs.
+* **Strategies**: one_for_one restarts the child alone; one_for_all stops the other
+  children (reverse order) and restarts all of them in order; rest_for_one does that for
+  the child and those started after it. Temporary siblings stopped this way are removed.
+* **Backoff** (an addition to OTP, as in Akka's BackoffSupervisor): a child whose spec has
+  a :class:`Backoff` is restarted after a growing delay. The supervisor never sleeps: a
+  timer sends it a message, and it keeps serving its mailbox (and stop requests) meanwhile.
+  A restart that fails to start is retried the same way and counts as another restart.
+* **Shutdown**: children stop in reverse start order, each asked first and cancelled after
+  its ``shutdown`` seconds (``BRUTAL``: cancelled at once; ``None``: waited for ever).
+* **Dynamic children** (OTP's start_child/terminate_child/restart_child/delete_child/
+  which_children/count_children, Elixir's DynamicSupervisor): through
+  :class:`SupervisorRef`; ``max_children`` bounds them. Children started dynamically are
+  forgotten when terminated; static ones stay listed as terminated until deleted.
+
+Differences from OTP, forced by Python: exits are reported to the supervisor as messages
+from the child's own task (there are no links); a child is "killed" by cancelling its
+task, so code that swallows cancellation can delay its own end.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import attrs
+
+from ._actor import SHUTDOWN, Actor, ActorRef, Cell, describe_reason, is_normal
+from ._errors import AlreadyRegistered, ChildError, IntensityExceeded, StartError
+from ._spec import AnySpec, AutoShutdown, Restart, Strategy, SupervisorSpec
+
+__all__ = [
+    "ChildCounts",
+    "ChildInfo",
+    "Supervisor",
+    "SupervisorRef",
+    "add_restart",
+    "should_restart",
+]
+
+
+def should_restart(restart: Restart, reason: Any) -> bool:
+    """OTP's restart table: does a child of this type come back after this exit?"""
+    match restart:
+        case Restart.PERMANENT:
+            return True
+        case Restart.TEMPORARY:
+            return False
+        case Restart.TRANSIENT:
+            return not is_normal(reason)
+    raise AssertionError(restart)
+
+
+def add_restart(
+    restarts: tuple[float, ...], now: float, intensity: int, period: float
+) -> tuple[bool, tuple[float, ...]]:
+    """Record a restart at ``now``; return (allowed, new history).
+
+    Restarts older than ``period`` seconds are forgotten (OTP keeps those with
+    ``now - then <= period``); the restart is allowed while the history holds at most
+    ``intensity`` entries.
+    """
+    kept = (*(t for t in restarts if now - t <= period), now)
+    return len(kept) <= intensity, kept
+
+
+@attrs.frozen
+class ChildInfo:
+    """One line of ``which_children``."""
+
+    id: str
+    ref: ActorRef | None
+    state: str  # running | restarting | terminated
+    supervisor: bool
+    restarts: int
+
+
+@attrs.frozen
+class ChildCounts:
+    """``count_children``: specs known, children running, of which supervisors/workers."""
+
+    specs: int
+    active: int
+    supervisors: int
+    workers: int
+
+
+@attrs.define(eq=False)
+class _Child:
+    spec: AnySpec
+    dynamic: bool
+    cell: Cell | None = None
+    state: str = "terminated"
+    incarnation: int = 0
+    restarts: int = 0
+    consecutive: int = 0
+    last_exit: float | None = None
+
+
+@attrs.frozen
+class _Exit:
+    cell: Cell
+    reason: Any
+    correlation_id: str
+
+
+@attrs.frozen
+class _TryRestart:
+    ids: tuple[str, ...]
+    correlation_id: str
+
+
+@attrs.frozen
+class _Refused:
+    error: Exception
+
+
+class Supervisor(Actor):
+    """The supervisor actor; build it from a :class:`SupervisorSpec`."""
+
+    def __init__(self, spec: SupervisorSpec) -> None:
+        self.spec = spec
+        self._children: dict[str, _Child] = {}
+        self._history: tuple[float, ...] = ()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stopping = False
+        self._rng = random.Random()
+
+    @asynccontextmanager
+    async def _lifetime(self) -> AsyncIterator[None]:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                yield
+        finally:
+            # A child task cancelled before its first step never ran its own cleanup;
+            # finish it here so its mailbox is closed and its watchers hear of it.
+            for child in self._children.values():
+                if child.cell is not None and child.cell.reason is None:
+                    child.cell.abandon()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        for spec in self.spec.children:
+            child = _Child(spec, dynamic=False)
+            self._children[spec.id] = child
+            try:
+                await self._start(child)
+            except StartError:
+                await self._terminate_all()
+                raise
+
+    async def on_stop(self, reason: Any) -> None:
+        await self._terminate_all()
+
+    async def _terminate_all(self) -> None:
+        self._stopping = True
+        for child in reversed(list(self._children.values())):
+            await self._terminate(child)
+
+    # -- starting and stopping one child ------------------------------------------------
+
+    async def _start(self, child: _Child) -> ActorRef:
+        spec = child.spec
+        path = f"{self.path}/{spec.id}"
+        tree = self.tree
+        try:
+            actor = spec.factory()
+        except Exception as exc:
+            tree.events.emit("start_failed", path, tree.correlation_id, exc)
+            raise StartError(path, exc) from exc
+        child.incarnation += 1
+        cell = Cell(tree, path, actor, spec.mailbox_size, child.incarnation,
+                    self._child_exited, name=spec.name)
+        if spec.name is not None:
+            try:
+                tree.register(spec.name, cell)
+            except AlreadyRegistered as exc:
+                cell.abandon()
+                tree.events.emit("start_failed", path, tree.correlation_id, exc)
+                raise StartError(path, exc) from exc
+        child.cell = cell
+        child.state = "running"
+        assert self._tg is not None
+        self._tg.start_soon(cell.run, name=path)
+        await cell.started.wait()
+        if cell.start_error is not None:
+            child.cell = None
+            child.state = "terminated"
+            tree.events.emit("start_failed", path, tree.correlation_id, cell.start_error)
+            raise StartError(path, cell.start_error) from cell.start_error
+        tree.events.emit("started", path, tree.correlation_id, incarnation=child.incarnation)
+        return cell.ref
+
+    async def _terminate(self, child: _Child) -> None:
+        cell = child.cell
+        child.cell = None
+        if child.state == "restarting":
+            child.state = "terminated"
+        if cell is None:
+            return
+        child.state = "terminated"
+        await cell.stop(child.spec.shutdown)
+        self.tree.events.emit("terminated", cell.path, self.tree.correlation_id,
+                              reason=describe_reason(cell.reason))
+
+    def _child_exited(self, cell: Cell, reason: Any, correlation_id: str) -> None:
+        # Called from the child's own task as it ends; the decision is taken in order
+        # with the supervisor's other messages.
+        if cell.start_error is None:
+            self._cell.deliver(_Exit(cell, reason, correlation_id))
+
+    # -- the restart decision ---------------------------------------------------------
+
+    async def handle_info(self, msg: Any) -> None:
+        if isinstance(msg, _Exit):
+            await self._on_exit(msg)
+        elif isinstance(msg, _TryRestart):
+            await self._try_restart(msg)
+
+    async def _on_exit(self, msg: _Exit) -> None:
+        child = next((c for c in self._children.values() if c.cell is msg.cell), None)
+        if child is None or self._stopping:
+            return  # an incarnation we stopped ourselves, or we are going down anyway
+        child.cell = None
+        child.state = "terminated"
+        tree = self.tree
+        error = None if isinstance(msg.reason, str) else msg.reason
+        tree.events.emit("exited" if error is None else "crashed", msg.cell.path,
+                         msg.correlation_id, error, reason=describe_reason(msg.reason))
+        if not should_restart(child.spec.restart, msg.reason):
+            if child.spec.restart is Restart.TEMPORARY or child.dynamic:
+                del self._children[child.spec.id]
+            self._auto_shutdown(child)
+            return
+        now = tree.clock()
+        self._check_intensity(now, msg.cell.path, msg.reason, msg.correlation_id)
+        group = self._restart_group(child)
+        for other in reversed(group):
+            if other is not child:
+                await self._terminate(other)
+        group = [c for c in group if c is child or c.spec.restart is not Restart.TEMPORARY]
+        for other in self._children.copy().values():
+            if other.state == "terminated" and other.spec.restart is Restart.TEMPORARY:
+                del self._children[other.spec.id]
+        await self._restart_after_backoff(child, group, now, msg.correlation_id)
+
+    def _check_intensity(self, now: float, path: str, reason: Any, cid: str) -> None:
+        ok, self._history = add_restart(self._history, now, self.spec.intensity,
+                                        self.spec.period)
+        if not ok:
+            error = IntensityExceeded(self.path, self.spec.intensity, self.spec.period,
+                                      path, reason)
+            self.tree.events.emit("intensity_exceeded", self.path, cid, error,
+                                  child=path, reason=describe_reason(reason))
+            raise error
+
+    def _restart_group(self, child: _Child) -> list[_Child]:
+        children = list(self._children.values())
+        match self.spec.strategy:
+            case Strategy.ONE_FOR_ONE:
+                return [child]
+            case Strategy.ONE_FOR_ALL:
+                return children
+            case Strategy.REST_FOR_ONE:
+                return children[children.index(child):]
+        raise AssertionError(self.spec.strategy)
+
+    async def _restart_after_backoff(
+        self, child: _Child, group: list[_Child], now: float, cid: str
+    ) -> None:
+        delay = 0.0
+        backoff = child.spec.backoff
+        if backoff is not None:
+            quiet = backoff.reset_after
+            if child.last_exit is not None and quiet is not None and now - child.last_exit > quiet:
+                child.consecutive = 0
+            delay = backoff.delay(child.consecutive, self._rng)
+            child.consecutive += 1
+        child.last_exit = now
+        for c in group:
+            c.state = "restarting"
+        ids = tuple(c.spec.id for c in group)
+        if delay > 0:
+            self.tree.events.emit("backoff", f"{self.path}/{child.spec.id}", cid,
+                                  delay=delay, attempt=child.consecutive)
+            self.send_after(delay, _TryRestart(ids, cid))
+        else:
+            await self._try_restart(_TryRestart(ids, cid))
+
+    async def _try_restart(self, msg: _TryRestart) -> None:
+        for i, cid_ in enumerate(msg.ids):
+            child = self._children.get(cid_)
+            if child is None or child.state != "restarting":
+                continue
+            try:
+                ref = await self._start(child)
+            except StartError as exc:
+                child.state = "restarting"
+                path = f"{self.path}/{cid_}"
+                self.tree.events.emit("restart_failed", path, msg.correlation_id, exc.cause)
+                now = self.tree.clock()
+                self._check_intensity(now, path, exc.cause, msg.correlation_id)
+                for rest in msg.ids[i + 1:]:
+                    if rest in self._children:
+                        self._children[rest].state = "restarting"
+                await self._restart_after_backoff(
+                    child, [self._children[r] for r in msg.ids[i:] if r in self._children],
+                    now, msg.correlation_id)
+                return
+            child.restarts += 1
+            self.tree.events.emit("restarted", ref.path, msg.correlation_id,
+                                  incarnation=child.incarnation, restarts=child.restarts)
+
+    def _auto_shutdown(self, child: _Child) -> None:
+        if not child.spec.significant:
+            return
+        mode = self.spec.auto_shutdown
+        still = any(c.spec.significant and c.state != "terminated"
+                    for c in self._children.values())
+        if mode is AutoShutdown.ANY_SIGNIFICANT or (
+            mode is AutoShutdown.ALL_SIGNIFICANT and not still
+        ):
+            self.tree.events.emit("auto_shutdown", self.path, self.tree.correlation_id,
+                                  child=child.spec.id)
+            self.stop(SHUTDOWN)
+
+    # -- dynamic children ---------------------------------------------------------------
+
+    async def handle_call(self, msg: Any) -> Any:
+        op, *args = msg
+        try:
+            return await getattr(self, f"_op_{op}")(*args)
+        except (ChildError, StartError) as exc:
+            return _Refused(exc)
+
+    async def _op_start_child(self, spec: AnySpec) -> ActorRef:
+        if spec.id in self._children:
+            raise ChildError(f"supervisor {self.path} already has a child {spec.id!r}")
+        limit = self.spec.max_children
+        if limit is not None and len(self._children) >= limit:
+            raise ChildError(f"supervisor {self.path} has reached max_children={limit}")
+        child = _Child(spec, dynamic=True)
+        self._children[spec.id] = child
+        try:
+            return await self._start(child)
+        except StartError:
+            del self._children[spec.id]
+            raise
+
+    def _get(self, child_id: str) -> _Child:
+        try:
+            return self._children[child_id]
+        except KeyError:
+            raise ChildError(f"supervisor {self.path} has no child {child_id!r}") from None
+
+    async def _op_terminate_child(self, child_id: str) -> None:
+        child = self._get(child_id)
+        await self._terminate(child)
+        if child.dynamic or child.spec.restart is Restart.TEMPORARY:
+            del self._children[child_id]
+
+    async def _op_restart_child(self, child_id: str) -> ActorRef:
+        child = self._get(child_id)
+        if child.state != "terminated":
+            raise ChildError(f"child {child_id!r} of {self.path} is {child.state}")
+        return await self._start(child)
+
+    async def _op_delete_child(self, child_id: str) -> None:
+        child = self._get(child_id)
+        if child.state != "terminated":
+            raise ChildError(f"child {child_id!r} of {self.path} is {child.state}")
+        del self._children[child_id]
+
+    async def _op_which_children(self) -> list[ChildInfo]:
+        return [
+            ChildInfo(c.spec.id, c.cell.ref if c.cell else None, c.state,
+                      isinstance(c.spec, SupervisorSpec), c.restarts)
+            for c in self._children.values()
+        ]
+
+    async def _op_count_children(self) -> ChildCounts:
+        running = [c for c in self._children.values() if c.cell is not None]
+        sups = sum(isinstance(c.spec, SupervisorSpec) for c in running)
+        return ChildCounts(len(self._children), len(running), sups, len(running) - sups)
+
+    def child_ref(self, child_id: str) -> ActorRef | None:
+        """The running incarnation of a child, if any (used by path lookups)."""
+        child = self._children.get(child_id)
+        return child.cell.ref if child is not None and child.cell is not None else None
+
+
+class SupervisorRef(ActorRef):
+    """A ref to a supervisor, with OTP's child-management calls.
+
+    Each call raises :class:`ChildError` when refused (unknown or duplicate id,
+    ``max_children`` reached, child in the wrong state) and :class:`StartError` when the
+    child's start fails; the supervisor itself carries on.
+    """
+
+    __slots__ = ()
+
+    async def _op(self, *msg: Any, timeout: float | None) -> Any:
+        result = await self.call(msg, timeout=timeout)
+        if isinstance(result, _Refused):
+            raise result.error
+        return result
+
+    async def start_child(self, spec: AnySpec, timeout: float | None = 30.0) -> ActorRef:
+        """Start a new child from ``spec``; returns its ref once ``on_start`` is done."""
+        return await self._op("start_child", spec, timeout=timeout)
+
+    async def terminate_child(self, child_id: str, timeout: float | None = None) -> None:
+        """Stop a child as at shutdown; a dynamic child is forgotten."""
+        await self._op("terminate_child", child_id, timeout=timeout)
+
+    async def restart_child(self, child_id: str, timeout: float | None = 30.0) -> ActorRef:
+        """Start again a terminated static child."""
+        return await self._op("restart_child", child_id, timeout=timeout)
+
+    async def delete_child(self, child_id: str, timeout: float | None = 5.0) -> None:
+        """Forget a terminated static child's spec."""
+        await self._op("delete_child", child_id, timeout=timeout)
+
+    async def which_children(self, timeout: float | None = 5.0) -> list[ChildInfo]:
+        """Every child with its state, in start order."""
+        return await self._op("which_children", timeout=timeout)
+
+    async def count_children(self, timeout: float | None = 5.0) -> ChildCounts:
+        """How many children there are, by kind."""
+        return await self._op("count_children", timeout=timeout)
+
+
+Supervisor._ref_class = SupervisorRef
