@@ -87,6 +87,8 @@ TRANSIENT_PATTERNS: tuple[str, ...] = (
     r"Target page, context or browser has been closed|Target closed|Page crashed"
     r"|Browser has been closed|browser has disconnected",
     r"ECONNRESET|ECONNREFUSED|ETIMEDOUT|socket hang up",
+    # A navigation cut short by another one (the page was still busy): try again.
+    r"interrupted by another navigation|net::ERR_ABORTED",
     # Also a block pattern; kept here so emptying block_patterns still retries it.
     r"rate.?limit",
 )

@@ -91,8 +91,11 @@ SPAWN_N = 10_000
 MAILBOX = 1000
 
 
+_T0 = time.perf_counter()
+
+
 def log(msg: str) -> None:
-    print(f"[bench.core] {msg}", file=sys.stderr, flush=True)
+    print(f"[bench.core +{time.perf_counter() - _T0:5.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 # -- tell -------------------------------------------------------------------------------
@@ -491,24 +494,46 @@ def main() -> int:
 
     started = perf()
     log(f"python {sys.version.split()[0]}, anyio {_version('anyio')}, trio"
-        f" {_version('trio')}, {os.cpu_count()} CPUs")
-    for backend in args.backend or BACKENDS:
-        jobs = []
-        if set(only) - {"spawn_memory"}:
-            jobs.append(["--worker", backend])
-        if "spawn_memory" in only:
-            jobs.append(["--memory-worker", backend])
-        for job in jobs:
-            cmd = [sys.executable, __file__, *job, "--only", ",".join(only),
-                   "--runs", str(args.runs)]
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+        f" {_version('trio')}, {os.cpu_count()} CPUs, load average {_load()},"
+        f" supervisor/ sources {_fingerprint()}")
+    backends = args.backend or list(BACKENDS)
+    common = ["--only", ",".join(only), "--runs", str(args.runs)]
+    if set(only) - {"spawn_memory"}:
+        for backend in backends:  # one after the other: timings need a quiet machine
+            proc = subprocess.run([sys.executable, __file__, "--worker", backend, *common],
+                                  stdout=subprocess.PIPE, text=True, check=False)
             sys.stdout.write(proc.stdout)
             sys.stdout.flush()
             if proc.returncode != 0:
-                log(f"{' '.join(job)} failed with status {proc.returncode}")
+                log(f"--worker {backend} failed with status {proc.returncode}")
                 return proc.returncode
-    log(f"done in {perf() - started:.0f} s")
+    if "spawn_memory" in only:
+        # Byte counts do not depend on timing, so these workers may run side by side.
+        procs = [subprocess.Popen([sys.executable, __file__, "--memory-worker", backend,
+                                   *common], stdout=subprocess.PIPE, text=True)
+                 for backend in backends]
+        for backend, proc in zip(backends, procs, strict=True):
+            out, _ = proc.communicate()
+            sys.stdout.write(out)
+            sys.stdout.flush()
+            if proc.returncode != 0:
+                log(f"--memory-worker {backend} failed with status {proc.returncode}")
+                return proc.returncode
+    log(f"done in {perf() - started:.0f} s, load average {_load()}")
     return 0
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _fingerprint() -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "supervisor").glob("*.py")):
+        digest.update(path.read_bytes())
+    return f"sha256:{digest.hexdigest()[:12]}"
 
 
 def _version(dist: str) -> str:

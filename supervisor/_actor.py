@@ -171,6 +171,14 @@ class Actor:
         mref.target._cell.remove_monitor(mref)
         self._cell.cancelled_monitors.add(id(mref))
 
+    def notify(self, msg: Any) -> None:
+        """Deliver ``msg`` to this actor's own ``handle_info`` without waiting.
+
+        Safe from synchronous callbacks of other libraries (a browser's "disconnected"
+        event, say): it never blocks, and a full mailbox delays but never loses it.
+        """
+        self._cell.deliver(msg)
+
     def send_after(self, delay: float, msg: Any) -> Timer:
         """Deliver ``msg`` to this actor's ``handle_info`` after ``delay`` seconds."""
         return self._cell.tree.send_after(self._cell.ref, delay, msg)
@@ -206,6 +214,14 @@ class ActorRef:
     def exit_reason(self) -> Any:
         """The exit reason once ended, else None."""
         return self._cell.reason
+
+    def kill(self) -> None:
+        """End this incarnation at once (OTP's ``exit(Pid, kill)``): its task is cancelled.
+
+        Its supervisor sees the exit reason ``killed`` and restarts it as its spec says.
+        For stuck actors only; ordinary code stops actors through their supervisor.
+        """
+        self._cell.kill()
 
     async def cast(self, msg: Any) -> None:
         """Send ``msg`` to ``handle_cast``; waits while the mailbox is full.

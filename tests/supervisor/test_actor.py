@@ -277,3 +277,38 @@ async def test_handler_exception_in_cast_crashes_the_actor() -> None:
         event = await log.wait_for("crashed", "root/w")
         assert repr(event.error) == "ValueError('w crashed')"
         assert event.correlation_id == tree.correlation_id
+
+
+async def test_kill_ends_a_stuck_actor_and_its_supervisor_restarts_it() -> None:
+    """ref.kill() cancels a stuck handler; the exit reason is killed and it is restarted."""
+    log = EventLog()
+    async with start_tree(tree_of(worker("w")), subscribe=[log]) as tree:
+        ref = tree.whereis("w")
+        await ref.cast(("sleep", 60))
+        await anyio.sleep(0.01)
+        ref.kill()
+        event = await log.wait_for("restarted", "root/w")
+        assert log.of("exited", "root/w")[0].data["reason"] == "killed"
+        assert event.data["incarnation"] == 2
+        assert ref.exit_reason == "killed"
+
+
+async def test_notify_reaches_handle_info_even_when_the_mailbox_is_full() -> None:
+    """notify() never blocks and never loses the message, even with a full mailbox."""
+    got: list[Any] = []
+
+    class Slow(Worker):
+        async def handle_info(self, msg: Any) -> None:
+            got.append(msg)
+
+    spec = tree_of(ChildSpec("s", lambda: Slow("s"), mailbox_size=1, shutdown=0.1))
+    async with start_tree(spec) as tree:
+        ref = tree.whereis("s")
+        await ref.cast(("sleep", 0.05))
+        await anyio.sleep(0.01)
+        await ref.cast(1)  # fills the mailbox
+        ref._cell.actor.notify("hello")
+        with anyio.fail_after(2):
+            while not got:
+                await anyio.sleep(0.01)
+    assert got == ["hello"]
