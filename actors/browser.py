@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,8 @@ LAUNCH_FLAGS = (
     "--disable-sync",
     "--no-first-run",
     "--disable-dev-shm-usage",
+    "--disable-crash-reporter",
+    "--disable-breakpad",
 )
 
 
@@ -169,9 +172,11 @@ def browser_pid(executable: str, started_after: float) -> int | None:
 class BrowserActor(Actor):
     """Owns one browser and its shared context; see the module docstring."""
 
-    def __init__(self, host: PlaywrightHost, config: BrowserConfig) -> None:
+    def __init__(self, host: PlaywrightHost, config: BrowserConfig,
+                 on_launch: Callable[[int | None], None] | None = None) -> None:
         self.host = host
         self.config = config
+        self.on_launch = on_launch
         self.browser: Browser | None = None
         self.context: BrowserContext | None = None
         self.pid: int | None = None
@@ -192,6 +197,8 @@ class BrowserActor(Actor):
         self.browser.on("disconnected", lambda _b: self.notify(_Disconnected()))
         self.launched_at = anyio.current_time()
         self.pid = browser_pid(self.executable, started)
+        if self.on_launch is not None:
+            self.on_launch(self.pid)
         state = await self._saved_state()
         self.context = await self.browser.new_context(storage_state=state)
         self.send_after(self.config.state_interval, _CaptureState())

@@ -21,7 +21,6 @@ others are reported, an item without a key is reported and skipped.
 from __future__ import annotations
 
 import functools
-import re
 import sys
 import time
 from collections import Counter
@@ -46,12 +45,14 @@ from supervisor import (
 )
 
 from .browser import BrowserActor, BrowserConfig, PlaywrightHost
-from .checkpoint import CheckpointActor
+from .checkpoint import CheckpointActor, CheckpointConfig
+from .checkpoints import CheckpointStore, validate_job_id
 from .classify import FailureClassifier
 from .failures import FailuresActor
 from .faults import FaultInjector, Faults
 from .records import check_item
 from .retry import RetryPolicy
+from .snapshot import CheckpointError, load_key
 from .storage import Storage
 from .tab import TabActor
 from .work import WorkQueue
@@ -59,21 +60,11 @@ from .work import WorkQueue
 if TYPE_CHECKING:
     from playwright.async_api import Page
 
-__all__ = ["Job", "JobResult", "JobRuntime", "job_tree", "run_job", "run_job_async"]
+__all__ = ["Job", "JobError", "JobResult", "JobRuntime", "job_tree", "run_job", "run_job_async"]
 
 _log = structlog.get_logger("actors.job")
 
 ScrapeFn = Callable[["Page", dict[str, Any]], Awaitable[dict[str, Any]]]
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def validate_job_id(job_id: object) -> str:
-    """The job id, or ValueError naming it and the rule it breaks."""
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id) or ".." in job_id:
-        raise ValueError(
-            f"invalid job id {job_id!r}: use 1-128 letters, digits, '.', '_' or '-',"
-            " starting with a letter or digit, without '..' or path separators")
-    return job_id
 
 
 def _range(lo: float, hi: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
@@ -107,7 +98,10 @@ class Job:
     fail_fast_status: bool = True
     browser: BrowserConfig = attrs.field(factory=BrowserConfig)
     faults: Faults = attrs.field(factory=Faults)
+    checkpoint: CheckpointConfig = attrs.field(factory=CheckpointConfig)
     storage: Storage | None = None
+    #: Test only: stop in order (exit status 130) once this many items finished in this run.
+    stop_after: int | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.scrape is None and self.tab is TabActor:
@@ -134,14 +128,27 @@ class JobRuntime:
                 self.duplicates.append(key)
                 continue
             self.items[key] = item
-        self.job_dir = job.output_dir / job.id
+        root = Path(job.checkpoint.storage_path or job.output_dir)
+        self.job_dir = root / job.id
         self.storage = job.storage or Storage()
+        key = load_key(key_file=job.checkpoint.key_file) if job.checkpoint.encryption else None
+        if job.checkpoint.encryption and key is None:
+            raise ValueError("checkpoint encryption is on but no key was given: set"
+                             " SCOREWISE_CHECKPOINT_KEY or checkpoint.key_file")
+        self.store = CheckpointStore(root, job.id, storage=self.storage,
+                                     retention=job.checkpoint.retention,
+                                     gzip=job.checkpoint.compression, key=key)
+        self.browser_pid: int | None = None
         self.host = PlaywrightHost()
         self.faults = FaultInjector(job.faults)
         self.last_stats: dict[str, Any] = {}
         self.restarts: Counter[str] = Counter()
         self.crashes: list[str] = []
         self.on_progress: Callable[[dict[str, Any]], None] | None = None
+
+    def browser_launched(self, pid: int | None) -> None:
+        """Remember the browser's pid (for snapshots and fault injection)."""
+        self.browser_pid = pid
 
     def progress(self, stats: dict[str, Any]) -> None:
         """Record the work queue's latest counts (and pass them on)."""
@@ -168,7 +175,8 @@ def job_tree(rt: JobRuntime) -> SupervisorSpec:
     browser = SupervisorSpec(
         "browser", strategy=Strategy.ONE_FOR_ALL, intensity=5, period=60.0,
         children=[
-            ChildSpec("browser", functools.partial(BrowserActor, rt.host, job.browser),
+            ChildSpec("browser", functools.partial(BrowserActor, rt.host, job.browser,
+                                                   rt.browser_launched),
                       name="browser", shutdown=10.0,
                       backoff=Backoff(min=0.5, max=30.0, multiplier=2.0, reset_after=60.0)),
             tabs,
@@ -182,6 +190,10 @@ def job_tree(rt: JobRuntime) -> SupervisorSpec:
                                         restart=Restart.PERMANENT),
                               browser,
                           ])
+
+
+class JobError(Exception):
+    """A job cannot start: bad configuration, a locked job directory, storage trouble."""
 
 
 @attrs.frozen
@@ -221,24 +233,36 @@ class JobResult:
         return "\n".join(lines)
 
 
-async def run_job_async(job: Job, *, handle_signals: bool = False) -> JobResult:
-    """Run ``job`` to its end in the running (asyncio) event loop."""
+async def run_job_async(job: Job, *, handle_signals: bool = False,
+                        subscribe: Sequence[Callable[[Event], None]] = ()) -> JobResult:
+    """Run ``job`` to its end in the running (asyncio) event loop.
+
+    ``subscribe`` receives every event of the job's tree (lifecycle steps, and
+    ``storage_error``/``storage_recovered``/``checkpoint_corrupted`` from the checkpoint
+    actor). Raises :class:`JobError` when the job cannot start (bad settings, locked).
+    """
     import sniffio
 
     backend = sniffio.current_async_library()
     if backend != "asyncio":
         raise WrongBackend(f"a scrape job needs the asyncio backend (Playwright is"
                            f" asyncio-only); it was started under {backend}")
-    rt = JobRuntime(job)
+    try:
+        rt = JobRuntime(job)
+        lock = await anyio.to_thread.run_sync(rt.store.lock)
+    except (ValueError, OSError, CheckpointError) as exc:
+        raise JobError(f"job {job.id!r} cannot start: {exc}") from exc
     for line in rt.invalid:
         _log.error("invalid item skipped", job_id=job.id, problem=line)
     for key in rt.duplicates:
         _log.warning("duplicate item key; the first occurrence is kept", job_id=job.id, key=key)
     started = time.monotonic()
     try:
-        code = await serve(job_tree(rt), subscribe=[rt.observe], handle_signals=handle_signals)
+        code = await serve(job_tree(rt), subscribe=[rt.observe, *subscribe],
+                           handle_signals=handle_signals)
     finally:
         await rt.host.stop()
+        lock.release()
     stats = rt.last_stats
     failed_reasons = _failure_reasons(rt)
     if code == ExitStatus.OK and (rt.invalid or stats.get("failed")):
@@ -270,7 +294,7 @@ def run_job(job: Job) -> int:
     try:
         result = anyio.run(functools.partial(run_job_async, job, handle_signals=True),
                            backend="asyncio")
-    except WrongBackend as exc:
+    except (WrongBackend, JobError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(ExitStatus.USAGE)
     print(result.summary(), file=sys.stderr)

@@ -243,6 +243,35 @@ class Storage:
             with open(path, "rb") as f:
                 return f.read()
 
+    def read_from(self, path: StrPath, offset: int, *, what: str = "file") -> bytes:
+        """The content of ``path`` from byte ``offset`` on (empty if it is shorter)."""
+        with _wrap("read", path, what):
+            self._check("read", path)
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read()
+
+    def size(self, path: StrPath, *, what: str = "file") -> int:
+        """The size of ``path`` in bytes, 0 if it does not exist."""
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            with _wrap("stat", path, what):
+                raise exc
+
+    def truncate(self, path: StrPath, size: int, *, what: str = "file") -> None:
+        """Cut ``path`` back to ``size`` bytes and fsync it (drops a torn or failed write)."""
+        with _wrap("truncate", path, what):
+            self._check("truncate", path)
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.ftruncate(fd, size)
+                self._fsync(fd, path)
+            finally:
+                os.close(fd)
+
     def listdir(self, path: StrPath, *, what: str = "directory") -> list[str]:
         """Sorted entry names of directory ``path``."""
         with _wrap("list", path, what):

@@ -30,6 +30,7 @@ import structlog
 
 from supervisor import Actor, ActorRef, Down, ExitStatus, MonitorRef, new_correlation_id
 
+from .checkpoint import item_digest
 from .classify import Classification, FailureCategory, RecoveryAction, severity_for
 from .records import Attempt, FailureEvent, FailureRecord, Lease, ResultRecord
 from .retry import decide
@@ -64,6 +65,8 @@ class WorkQueue(Actor):
         self.attempts: dict[str, int] = {}
         self.correlation: dict[str, str] = {}
         self.retries = 0
+        self.finished_count = 0
+        self.finished_this_run = 0
         self.paused = False
         self.finished = False
         self._next_lease = 0
@@ -78,11 +81,23 @@ class WorkQueue(Actor):
     async def on_start(self) -> None:
         checkpoint = self.tree.whereis("checkpoint")
         done, failed = await checkpoint.call(("known_keys",), timeout=60)
+        digests = await checkpoint.call(("digests",), timeout=60)
         self.done, self.failed = set(done), set(failed)
+        changed = 0
         for key, item in self.runtime.items.items():
             self.items[key] = item
-            if key not in self.done and key not in self.failed:
+            if key in self.done or key in self.failed:
+                self.finished_count += 1
+                old = digests.get(key)
+                if old is not None and old != item_digest(item):
+                    changed += 1
+                    if changed <= 20:
+                        _log.warning("a finished item changed (e.g. its URL); it is not"
+                                     " scraped again", key=key)
+            else:
                 self.ready.append(key)
+        if changed > 20:
+            _log.warning("finished items that changed are not scraped again", count=changed)
         _log.info("work queue ready", total=len(self.items), pending=len(self.ready),
                   already_done=len(self.done), already_failed=len(self.failed))
         self._schedule(time.monotonic() + self.runtime.job.progress_interval)
@@ -175,7 +190,11 @@ class WorkQueue(Actor):
     def _dispatch(self) -> None:
         if self.paused or self.finished:
             return
+        stop_after = self.runtime.job.stop_after
         while self.idle and self.ready:
+            if stop_after is not None and (self.finished_this_run + len(self.leases)
+                                           + len(self.writing)) >= stop_after:
+                return
             key = self.ready.popleft()
             if key in self.done or key in self.failed or key in self.writing:
                 continue
@@ -234,7 +253,8 @@ class WorkQueue(Actor):
             assert report.data is not None
             record = ResultRecord(lease.key, report.data, lease.attempt, lease.correlation_id)
             self.writing.add(lease.key)
-            await self.tree.whereis("checkpoint").cast(("result", record))
+            await self.tree.whereis("checkpoint").cast(
+                ("result", record, item_digest(self.items[lease.key])))
         else:
             self._retry_or_fail(lease, report)
 
@@ -260,7 +280,8 @@ class WorkQueue(Actor):
                                report.message, report.stack, lease.attempt,
                                lease.correlation_id, report.status)
         self.writing.add(lease.key)
-        self.tree.whereis("checkpoint").cast_nowait(("failure", record))
+        self.tree.whereis("checkpoint").cast_nowait(
+            ("failure", record, item_digest(self.items[lease.key])))
 
     def _report_failure(self, lease: Lease, report: Attempt, verdict: Any,
                         action: RecoveryAction, final: bool, why: str, delay: float) -> None:
@@ -281,12 +302,22 @@ class WorkQueue(Actor):
     def _durable(self, entries: list[tuple[str, str]]) -> None:
         for kind, key in entries:
             self.writing.discard(key)
-            (self.done if kind == "result" else self.failed).add(key)
+            target = self.done if kind == "result" else self.failed
+            if key not in target and key in self.items:
+                self.finished_count += 1
+                self.finished_this_run += 1
+            target.add(key)
         self.runtime.faults.after_durable(self, len(self.done))
+        stop_after = self.runtime.job.stop_after
+        if stop_after is not None and self.finished_this_run >= stop_after and not self.finished:
+            self.finished = True
+            self._progress(force=True)
+            self.tree.shutdown(int(ExitStatus.SIGINT), f"stop_after={stop_after} reached")
+            return
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if self.finished or len(self.done) + len(self.failed) < len(self.items):
+        if self.finished or self.finished_count < len(self.items):
             return
         if self.writing or self.leases:
             return

@@ -367,26 +367,39 @@ async def spawn_raw(n: int) -> tuple[float, float]:
     return t2[1] - t0[1], t2[0] - t0[0]
 
 
-def _traced() -> int:
+def _trace_start() -> int:
+    """Collect garbage, start tracing allocations; the reference point (0 bytes)."""
     import tracemalloc
 
     gc.collect()
+    tracemalloc.start()
     return tracemalloc.get_traced_memory()[0]
 
 
+def _trace_stop(before: int, n: int) -> float:
+    """Bytes per actor still allocated since ``_trace_start``; stops tracing."""
+    import tracemalloc
+
+    gc.collect()
+    per = (tracemalloc.get_traced_memory()[0] - before) / n
+    tracemalloc.stop()
+    return per
+
+
 async def memory_ours(n: int) -> tuple[float, float]:
-    # The tree and its supervisors exist before the reference point: only children count
-    # (each child's spec included, since its supervisor keeps it).
+    # Allocations are traced only while the n children are started (the tree and its
+    # supervisors exist before): what they keep is each child's whole footprint, its
+    # spec included since its supervisor keeps it. Shutdown runs untraced.
     async with start_tree(_dynamic_tree()) as tree:
         sup = tree.supervisor("workers")
         await sup.start_child(ChildSpec("first", _Idle, restart=Restart.TEMPORARY))
         await sup.terminate_child("first")
         await anyio.wait_all_tasks_blocked()
-        before = _traced()
+        before = _trace_start()
         for i in range(n):
             await sup.start_child(ChildSpec(f"w{i}", _Idle, restart=Restart.TEMPORARY))
         await anyio.wait_all_tasks_blocked()
-        per = (_traced() - before) / n
+        per = _trace_stop(before, n)
     return per, per
 
 
@@ -394,13 +407,13 @@ async def memory_raw(n: int) -> tuple[float, float]:
     sends = []
     async with anyio.create_task_group() as tg:
         await checkpoint()
-        before = _traced()
+        before = _trace_start()
         for _ in range(n):
             send, recv = anyio.create_memory_object_stream[Any](MAILBOX)
             sends.append(send)
             tg.start_soon(_idle_task, recv)
         await anyio.wait_all_tasks_blocked()
-        per = (_traced() - before) / n
+        per = _trace_stop(before, n)
         for send in sends:
             send.close()
     return per, per
@@ -415,7 +428,7 @@ BENCHES: dict[str, tuple[str, Any, Any, int, int, tuple[str, ...], int]] = {
     "call": ("us", call_ours, call_stream, CALL_N, 5_000, BACKENDS, 2),
     "restart": ("us", restart_ours, restart_raw, RESTART_N, 500, BACKENDS, 1),
     "spawn_time": ("s", spawn_ours, spawn_raw, SPAWN_N, 2_000, BACKENDS, 4),
-    "spawn_memory": ("bytes", memory_ours, memory_raw, SPAWN_N, 1_000, BACKENDS, 0),
+    "spawn_memory": ("bytes", memory_ours, memory_raw, SPAWN_N, 200, BACKENDS, 0),
 }
 
 
@@ -465,9 +478,6 @@ def worker(backend: str, only: list[str], runs: int) -> None:
 
 
 def memory_worker(backend: str, runs: int) -> None:
-    import tracemalloc
-
-    tracemalloc.start()
     print(json.dumps(measure("spawn_memory", backend, runs)), flush=True)
 
 
