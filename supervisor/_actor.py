@@ -525,8 +525,6 @@ class Cell:
         self._send.close()
         self.started.set()
         self.done.set()
-        if self.name is not None:
-            self.tree.unregister(self.name, self)
         if dropped:
             self.tree.events.emit(
                 "dropped", self.path, cid or self.tree.correlation_id,

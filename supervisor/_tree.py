@@ -166,11 +166,6 @@ class Tree:
             raise AlreadyRegistered(name, holder.path)
         self._names[name] = cell
 
-    def unregister(self, name: str, cell: Cell) -> None:
-        """Drop the name if ``cell`` still holds it."""
-        if self._names.get(name) is cell:
-            del self._names[name]
-
     def whereis(self, name: str) -> ActorRef:
         """The live actor registered as ``name``, or at path ``name`` below the root.
 
@@ -179,8 +174,13 @@ class Tree:
         now (for example while it is being restarted).
         """
         cell = self._names.get(name)
-        if cell is not None and cell.reason is None:
-            return cell.ref
+        if cell is not None:
+            if cell.reason is None:
+                return cell.ref
+            # A registered name never falls back to a path that happens to be spelt the
+            # same: between two incarnations the name is simply not available.
+            raise NoSuchActor(name, f" now: {cell.path} is not running (restarting or"
+                                    " stopped)")
         ref = self._resolve(name)
         if ref is None:
             raise NoSuchActor(name, " in this tree (not registered, no such path,"

@@ -35,6 +35,9 @@ class Worker(Actor):
             self.stop(msg[1])
         elif isinstance(msg, tuple) and msg[0] == "sleep":
             await anyio.sleep(msg[1])
+        elif isinstance(msg, Gate):
+            msg.entered.set()
+            await msg.release.wait()
         else:
             self.count += 1
 
@@ -47,6 +50,14 @@ class Worker(Actor):
 
     async def on_stop(self, reason: Any) -> None:
         self.journal.append(f"stop {self.name}")
+
+
+class Gate:
+    """A cast that holds its actor until ``release`` is set; ``entered`` says it is held."""
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
 
 
 def worker(child_id: str, journal: Journal | None = None, restart: Restart = Restart.PERMANENT,

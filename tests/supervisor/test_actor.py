@@ -6,7 +6,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from corehelp import Worker, worker
+from corehelp import Gate, Worker, worker
 
 from supervisor import (
     Actor,
@@ -109,8 +109,9 @@ async def test_cast_nowait_on_full_mailbox_raises() -> None:
     spec = tree_of(ChildSpec("w", lambda: Worker("w"), mailbox_size=2, shutdown=0.05))
     async with start_tree(spec) as tree:
         ref = tree.whereis("w")
-        await ref.cast(("sleep", 10))
-        await anyio.sleep(0.01)  # let it take the sleep message off the mailbox
+        gate = Gate()
+        await ref.cast(gate)
+        await gate.entered.wait()  # the gate is off the mailbox, holding the actor
         ref.cast_nowait(1)
         ref.cast_nowait(2)
         with pytest.raises(MailboxFull, match=re.escape(
@@ -123,13 +124,15 @@ async def test_cast_waits_when_mailbox_is_full() -> None:
     spec = tree_of(ChildSpec("w", lambda: Worker("w"), mailbox_size=1))
     async with start_tree(spec) as tree:
         ref = tree.whereis("w")
-        await ref.cast(("sleep", 0.1))
-        await anyio.sleep(0.01)
+        gate = Gate()
+        await ref.cast(gate)
+        await gate.entered.wait()
         await ref.cast(1)
-        with anyio.move_on_after(0.03) as scope:
+        with anyio.move_on_after(0.05) as scope:
             await ref.cast(2)
         assert scope.cancelled_caught
-        with anyio.fail_after(1):
+        gate.release.set()
+        with anyio.fail_after(5):
             await ref.cast(3)
         assert await ref.call("get") == ("w", 2)
 

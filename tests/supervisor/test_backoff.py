@@ -61,10 +61,12 @@ async def test_restarts_are_spaced_by_the_backoff() -> None:
         with anyio.fail_after(3):
             await log.wait_for("restarted", "root/c", count=4)
     gaps = [b - a for a, b in zip(CrashOnStart.starts, CrashOnStart.starts[1:], strict=False)]
-    assert gaps[0] < 0.04
+    # Never earlier than the backoff (a loaded machine may only make it later).
     for gap, want in zip(gaps[1:4], (0.05, 0.1, 0.2), strict=True):
-        assert want <= gap < want + 0.08
+        assert gap >= want
+    assert gaps[0] < gaps[3]
     assert [e.data["delay"] for e in log.of("backoff")][:3] == [0.05, 0.1, 0.2]
+    assert [e.data["attempt"] for e in log.of("backoff")][:3] == [2, 3, 4]
 
 
 async def test_backoff_resets_after_a_quiet_period() -> None:

@@ -131,3 +131,21 @@ def test_public_surface_is_stable() -> None:
 def test_structlog_is_configured_on_import() -> None:
     """Importing the package leaves structlog configured (INFO to stderr by default)."""
     assert structlog.is_configured()
+
+
+async def test_a_registered_name_never_resolves_to_a_same_named_path() -> None:
+    """While a named actor restarts, its name is unavailable, not another actor's path."""
+    backoff = __import__("supervisor").Backoff(min=5.0, max=5.0, first=5.0)
+    inner = SupervisorSpec("w", children=[worker("x")])
+    spec = SupervisorSpec("root", children=[
+        ChildSpec("named", lambda: __import__("corehelp").Worker("n"), name="w",
+                  backoff=backoff), inner])
+    log = EventLog()
+    async with start_tree(spec, subscribe=[log]) as tree:
+        assert tree.whereis("w").path == "root/named"
+        await tree.whereis("w").cast("crash")
+        await log.wait_for("backoff", "root/named")
+        with pytest.raises(NoSuchActor, match=re.escape(
+                "no actor named 'w' now: root/named is not running (restarting or stopped)")):
+            tree.whereis("w")
+        assert tree.whereis("root/w").path == "root/w"
