@@ -28,10 +28,12 @@ import attrs
 import psutil
 import sniffio
 
-from supervisor import Actor, WrongBackend
+from supervisor import Actor, ActorRef, NoSuchActor, SupervisorRef, WrongBackend
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, Playwright
+
+    from supervisor import Tree
 
 __all__ = [
     "LAUNCH_FLAGS",
@@ -39,6 +41,7 @@ __all__ = [
     "BrowserDisconnected",
     "BrowserNotFound",
     "PlaywrightHost",
+    "browser_actor",
     "find_browser",
     "require_asyncio",
 ]
@@ -108,6 +111,19 @@ def find_browser(config: BrowserConfig, playwright: Playwright | None = None) ->
         return which
     raise BrowserNotFound("no browser found; tried " + ", ".join(tried)
                           + f". Install Chromium or set {ENV_PATH}")
+
+
+def browser_actor(tree: Tree) -> ActorRef:
+    """The running browser actor of ``tree``; :class:`NoSuchActor` while it restarts.
+
+    ``tree.whereis("browser")`` alone is not enough: between two incarnations the name is
+    free and the lookup falls back to the *path* ``browser``, the browser supervisor --
+    which a call meant for the browser (``"pid"``, ``"context"``) would crash.
+    """
+    ref = tree.whereis("browser")
+    if isinstance(ref, SupervisorRef):
+        raise NoSuchActor("browser", " (the browser actor is being restarted)")
+    return ref
 
 
 def require_asyncio(what: str) -> None:
@@ -200,7 +216,9 @@ class BrowserActor(Actor):
         if self.on_launch is not None:
             self.on_launch(self.pid)
         state = await self._saved_state()
-        self.context = await self.browser.new_context(storage_state=state)
+        # Bounded: Playwright can wait forever for a browser killed at this moment.
+        with anyio.fail_after(self.config.launch_timeout):
+            self.context = await self.browser.new_context(storage_state=state)
         self.send_after(self.config.state_interval, _CaptureState())
 
     async def _saved_state(self) -> dict[str, Any] | None:

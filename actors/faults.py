@@ -16,6 +16,8 @@ import anyio
 import attrs
 import structlog
 
+from .browser import browser_actor
+
 if TYPE_CHECKING:
     from playwright.async_api import Page
 
@@ -47,7 +49,7 @@ async def crash_renderer(page: Page) -> None:
 
 async def kill_browser(actor: Actor) -> int | None:
     """SIGKILL the browser process of the running tree; returns its pid."""
-    pid = await actor.tree.whereis("browser").call("pid")
+    pid = await browser_actor(actor.tree).call("pid")
     if pid:
         _log.warning("fault injection: killing the browser", pid=pid)
         os.kill(pid, signal.SIGKILL)
@@ -61,6 +63,7 @@ class FaultInjector:
         self.faults = faults
         self._kills = sorted(faults.kill_browser_after)
         self.kills_done = 0
+        self._killed: set[int] = set()
 
     async def after_scrape(self, page: Page) -> None:
         """Crash the renderer if the page asks for it (demo marker)."""
@@ -75,7 +78,22 @@ class FaultInjector:
             actor.tree.spawn_system(self._kill, actor)
 
     async def _kill(self, actor: Actor) -> Any:
-        try:
-            await kill_browser(actor)
-        except Exception as exc:
-            _log.warning("fault injection: could not kill the browser", error=repr(exc))
+        # A count reached while the browser is still being relaunched (not registered
+        # yet, or the killed one not yet noticed) waits for the new browser: never lost.
+        with anyio.move_on_after(60):
+            while True:
+                try:
+                    pid = await browser_actor(actor.tree).call("pid")
+                except Exception:
+                    pid = None
+                if pid and pid not in self._killed:
+                    break
+                await anyio.sleep(0.05)
+            self._killed.add(pid)
+            _log.warning("fault injection: killing the browser", pid=pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError as exc:
+                _log.warning("fault injection: could not kill the browser", error=repr(exc))
+            return
+        _log.warning("fault injection: no browser to kill within 60 s")

@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
+import structlog
 
-from supervisor import Actor
+from supervisor import Actor, NoSuchActor
 
+from .browser import browser_actor
 from .classify import Classification
 from .logctx import bound
 from .records import Attempt, Lease
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
     from .job import JobRuntime
 
 __all__ = ["HTTPStatusError", "TabActor", "TabRestart"]
+
+_log = structlog.get_logger("actors.tab")
 
 
 class HTTPStatusError(Exception):
@@ -86,12 +90,63 @@ class TabActor(Actor):
         return await fn(page, item)
 
     async def on_start(self) -> None:
-        context = await self.tree.whereis("browser").call("context", timeout=30)
-        self.page = await context.new_page()
-        self.page.on("response", self._on_response)
-        self.page.on("crash", self._on_crash)
-        await self.prepare(self.page)
+        page = await self._open_page()
+        if page is None:
+            # The browser died (or is being relaunched): its supervisor restarts every
+            # tab with the next browser. Until then this tab takes no work.
+            _log.info("browser gone while a tab started; waiting for the relaunch",
+                      tab=self.path)
+            return
+        self.page = page
+        page.on("response", self._on_response)
+        page.on("crash", self._on_crash)
+        try:
+            await self.prepare(page)
+        except Exception:
+            if not self._browser_gone():
+                raise
+            _log.info("browser gone while a tab prepared its page", tab=self.path)
+            return
         await self.tree.whereis("work").cast(("ready", self.ref))
+
+    async def _open_page(self) -> Page | None:
+        """A new page of the browser's context, or None if the browser is gone.
+
+        Playwright's ``new_page`` can wait forever when the browser is killed meanwhile; a
+        tab stuck in its start would stall its supervisor, and with it the whole job. So
+        the wait ends as soon as the browser disconnects.
+        """
+        try:
+            browser = browser_actor(self.tree)
+        except NoSuchActor:
+            return None
+        context = await browser.call("context", timeout=30)
+        connection = context.browser
+        opened = anyio.Event()
+        page: Page | None = None
+        error: Exception | None = None
+
+        async def open_page() -> None:
+            nonlocal page, error
+            try:
+                page = await context.new_page()
+            except Exception as exc:
+                error = exc
+            opened.set()
+
+        with anyio.fail_after(self.runtime.job.browser.launch_timeout):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(open_page)
+                while not opened.is_set() and (connection is None
+                                               or connection.is_connected()):
+                    with anyio.move_on_after(0.1):
+                        await opened.wait()
+                tg.cancel_scope.cancel()
+        if connection is not None and not connection.is_connected():
+            return None
+        if error is not None:
+            raise error
+        return page
 
     def _on_response(self, response: Response) -> None:
         if self._scope is None or response.status < 400:
@@ -122,7 +177,18 @@ class TabActor(Actor):
         work = self.tree.whereis("work")
         await work.cast(("outcome", self.ref, report))
         if report.restart_tab:
+            if self._browser_gone():
+                # The browser's supervisor restarts every tab with the new browser; until
+                # then this tab takes no more work (each lease would fail at once).
+                return
             raise TabRestart(f"{report.reason}; restarting tab with a fresh page")
+
+    def _browser_gone(self) -> bool:
+        """True once the browser of this tab's page has disconnected (crashed, killed)."""
+        if self.page is None:
+            return True
+        browser = self.page.context.browser
+        return browser is not None and not browser.is_connected()
 
     async def _attempt(self, lease: Lease) -> Attempt:
         job = self.runtime.job
@@ -185,7 +251,7 @@ class TabActor(Actor):
                                      reason="bad scrape result")
         raw_retry = getattr(exc, "retry_after", None)
         retry_after = parse_retry_after(raw_retry) if isinstance(raw_retry, str) else raw_retry
-        restart = self._crashed or isinstance(exc, TimeoutError)
+        restart = self._crashed or isinstance(exc, TimeoutError) or self._browser_gone()
         return Attempt(
             lease.id, lease.key, False,
             error_type=type(exc).__name__,
