@@ -28,7 +28,7 @@ import attrs
 import psutil
 import sniffio
 
-from supervisor import Actor, ActorRef, NoSuchActor, SupervisorRef, WrongBackend
+from supervisor import Actor, ActorRef, WrongBackend
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, Playwright
@@ -114,16 +114,8 @@ def find_browser(config: BrowserConfig, playwright: Playwright | None = None) ->
 
 
 def browser_actor(tree: Tree) -> ActorRef:
-    """The running browser actor of ``tree``; :class:`NoSuchActor` while it restarts.
-
-    ``tree.whereis("browser")`` alone is not enough: between two incarnations the name is
-    free and the lookup falls back to the *path* ``browser``, the browser supervisor --
-    which a call meant for the browser (``"pid"``, ``"context"``) would crash.
-    """
-    ref = tree.whereis("browser")
-    if isinstance(ref, SupervisorRef):
-        raise NoSuchActor("browser", " (the browser actor is being restarted)")
-    return ref
+    """The running browser actor of ``tree``; :class:`NoSuchActor` while it restarts."""
+    return tree.whereis("browser")
 
 
 def require_asyncio(what: str) -> None:

@@ -21,6 +21,7 @@ others are reported, an item without a key is reported and skipped.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from collections import Counter
@@ -44,7 +45,7 @@ from supervisor import (
     serve,
 )
 
-from .browser import BrowserActor, BrowserConfig, PlaywrightHost
+from .browser import ENV_PATH, BrowserActor, BrowserConfig, PlaywrightHost, find_browser
 from .checkpoint import CheckpointActor, CheckpointConfig
 from .checkpoints import CheckpointStore, validate_job_id
 from .classify import FailureClassifier
@@ -161,8 +162,11 @@ class JobRuntime:
         if event.kind == "restarted":
             kind = "tab" if "/tabs/" in event.path else event.path.rsplit("/", 1)[-1]
             self.restarts[kind] += 1
-        elif event.kind == "crashed":
-            self.crashes.append(f"{event.path}: {event.error!r}"[:300])
+        elif event.kind in ("crashed", "start_failed") and event.error is not None:
+            cause = event.error
+            while getattr(cause, "cause", None) is not None:  # StartError chains
+                cause = cause.cause
+            self.crashes.append(f"{event.path}: {type(cause).__name__}: {cause}"[:500])
 
 
 def job_tree(rt: JobRuntime) -> SupervisorSpec:
@@ -212,6 +216,7 @@ class JobResult:
     elapsed: float
     results_path: Path
     failures_path: Path
+    error: str | None = None
 
     def summary(self) -> str:
         """A few lines a person can read."""
@@ -228,6 +233,8 @@ class JobResult:
         if self.duplicate_keys:
             lines.append(f"  duplicate keys (first occurrence kept): "
                          f"{', '.join(self.duplicate_keys[:10])}")
+        if self.error:
+            lines.append(f"  error: {self.error}")
         lines.append(f"  results: {self.results_path}")
         lines.append(f"  failures: {self.failures_path}")
         return "\n".join(lines)
@@ -248,6 +255,8 @@ async def run_job_async(job: Job, *, handle_signals: bool = False,
         raise WrongBackend(f"a scrape job needs the asyncio backend (Playwright is"
                            f" asyncio-only); it was started under {backend}")
     try:
+        if job.browser.executable_path or os.environ.get(ENV_PATH):
+            find_browser(job.browser)  # a wrong explicit path is bad configuration
         rt = JobRuntime(job)
         lock = await anyio.to_thread.run_sync(rt.store.lock)
     except (ValueError, OSError, CheckpointError) as exc:
@@ -273,7 +282,8 @@ async def run_job_async(job: Job, *, handle_signals: bool = False,
         restarts=dict(rt.restarts), failures_by_reason=failed_reasons,
         invalid_items=rt.invalid, duplicate_keys=rt.duplicates,
         elapsed=time.monotonic() - started, results_path=rt.job_dir / "results.jsonl",
-        failures_path=rt.job_dir / "failures.jsonl")
+        failures_path=rt.job_dir / "failures.jsonl",
+        error=rt.crashes[-1] if code == ExitStatus.CRASH and rt.crashes else None)
 
 
 def _failure_reasons(rt: JobRuntime) -> dict[str, int]:

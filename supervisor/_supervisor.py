@@ -283,7 +283,7 @@ class Supervisor(Actor):
         raise AssertionError(self.spec.strategy)
 
     async def _restart_after_backoff(
-        self, child: _Child, group: list[_Child], now: float, cid: str
+        self, child: _Child, group: list[_Child], now: float, cid: str, inline: bool = True
     ) -> None:
         delay = 0.0
         backoff = child.spec.backoff
@@ -301,8 +301,12 @@ class Supervisor(Actor):
             self.tree.events.emit("backoff", f"{self.path}/{child.spec.id}", cid,
                                   delay=delay, attempt=child.consecutive)
             self.send_after(delay, _TryRestart(ids, cid))
-        else:
+        elif inline:
             await self._try_restart(_TryRestart(ids, cid))
+        else:
+            # A failed restart is tried again through the mailbox (OTP's try_again_restart),
+            # so exits and stop requests that arrived meanwhile are handled first.
+            self.notify(_TryRestart(ids, cid))
 
     async def _try_restart(self, msg: _TryRestart) -> None:
         for i, cid_ in enumerate(msg.ids):
@@ -322,7 +326,7 @@ class Supervisor(Actor):
                         self._children[rest].state = "restarting"
                 await self._restart_after_backoff(
                     child, [self._children[r] for r in msg.ids[i:] if r in self._children],
-                    now, msg.correlation_id)
+                    now, msg.correlation_id, inline=False)
                 return
             child.restarts += 1
             self.tree.events.emit("restarted", ref.path, msg.correlation_id,
@@ -344,9 +348,12 @@ class Supervisor(Actor):
     # -- dynamic children ---------------------------------------------------------------
 
     async def handle_call(self, msg: Any) -> Any:
-        op, *args = msg
+        op = getattr(self, f"_op_{msg[0]}", None) if isinstance(msg, tuple) and msg else None
+        if op is None:
+            # A bad request is the caller's error: refuse it, never crash the subtree.
+            return _Refused(ChildError(f"supervisor {self.path}: unknown call {msg!r}"))
         try:
-            return await getattr(self, f"_op_{op}")(*args)
+            return await op(*msg[1:])
         except (ChildError, StartError) as exc:
             return _Refused(exc)
 

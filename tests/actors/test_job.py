@@ -11,12 +11,12 @@ from typing import Any
 import anyio
 import psutil
 import pytest
-import structlog
 from sitekit import by_key, clean_keys, fast_retry, items_for, read_jsonl, run, visits
 
-from actors import BrowserConfig, BrowserNotFound, Faults, Job, run_job_async
+from actors import BrowserConfig, BrowserNotFound, Faults, Job, run_job, run_job_async
+from actors.job import JobError
 from examples.demo_site import DemoSite, SiteOptions, match_data, scrape_demo
-from supervisor import StartError, WrongBackend
+from supervisor import WrongBackend
 
 pytestmark = pytest.mark.browser
 
@@ -221,33 +221,25 @@ async def test_bad_items_and_bad_results_fail_alone(site: DemoSite, tmp_path: Pa
     assert not paths & {"/no-key", "/blank-key", "/duplicate"}
 
 
-@pytest.mark.anyio
-async def test_missing_browser_executable_ends_the_job_with_status_1(
-    site: DemoSite, tmp_path: Path
+def test_missing_browser_executable_is_a_configuration_error(
+    site: DemoSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A browser path that does not exist ends the job at once, naming the path."""
+    """A browser path that does not exist stops the job before it starts, naming the path."""
     keys = clean_keys(site)[160:163]
     before = len(site.requests())
     started = time.time()
     job = Job(id="no-browser", items=items_for(site, keys), scrape=scrape_demo, tabs=2,
               output_dir=tmp_path, browser=BrowserConfig(executable_path="/nonexistent/chrome"))
 
-    with structlog.testing.capture_logs() as logs:
-        result = await run(job, limit=20)
-
-    assert result.exit_code == 1
-    assert (result.total, result.done, result.failed) == (3, 0, 0)
-    assert read_jsonl(result.results_path) == []
-    assert read_jsonl(result.failures_path) == []
+    message = ("job 'no-browser' cannot start: browser '/nonexistent/chrome' (from"
+               " executable_path) does not exist or is not an executable file")
+    with pytest.raises(JobError, match=re.escape(message)) as info:
+        anyio.run(run_job_async, job)
+    assert isinstance(info.value.__cause__, BrowserNotFound)
+    assert run_job(job) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "no-browser" / "results.jsonl").exists()
     assert len(site.requests()) == before
-    (crash,) = [entry for entry in logs if entry["event"] == "application crashed"]
-    assert "/nonexistent/chrome" in crash["error"]
-    error = crash["exc_info"]
-    while isinstance(error, StartError):
-        error = error.cause
-    assert isinstance(error, BrowserNotFound)
-    assert str(error) == ("browser '/nonexistent/chrome' (from executable_path) does not exist"
-                          " or is not an executable file")
     assert [pid for pid, (created, _) in chromium_children().items() if created >= started] == []
 
 

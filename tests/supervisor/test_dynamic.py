@@ -100,3 +100,16 @@ async def test_dynamic_children_under_load() -> None:
         for info in infos:
             assert info.ref is not None
             assert await info.ref.call("get") == (info.id, 0)
+
+
+async def test_unknown_call_is_refused_and_the_supervisor_survives() -> None:
+    """A malformed request to a supervisor is refused; it does not crash the subtree."""
+    from supervisor import SupervisorRef
+
+    async with start_tree(POOL) as tree:
+        pool = tree.supervisor("pool")
+        assert isinstance(pool, SupervisorRef)
+        with pytest.raises(ChildError, match=re.escape(
+                "supervisor root/pool: unknown call ('pid',)")):
+            await pool._op("pid", timeout=1)
+        assert (await pool.count_children()).active == 0

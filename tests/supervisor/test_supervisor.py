@@ -285,3 +285,24 @@ def test_spec_validation_errors_are_clear() -> None:
         worker("a", shutdown=-1)
     with pytest.raises(ValueError, match=re.escape("period must be > 0, got 0")):
         SupervisorSpec("r", period=0)
+
+
+async def test_failed_restart_is_retried_through_the_mailbox() -> None:
+    """A restart whose start fails is tried again after other messages, until intensity ends it."""
+    starts: list[int] = []
+
+    class FailsAfterFirst(Worker):
+        async def on_start(self) -> None:
+            starts.append(1)
+            if len(starts) > 1:
+                raise RuntimeError("cannot come back")
+
+    log = EventLog()
+    spec = SupervisorSpec("root", intensity=3, period=10.0, children=[
+        ChildSpec("f", lambda: FailsAfterFirst("f")), worker("other")])
+    with anyio.fail_after(5), pytest.raises(IntensityExceeded):
+        async with start_tree(spec, subscribe=[log]) as tree:
+            await tree.whereis("f").cast("crash")
+            await tree.wait()
+    assert len(log.of("restart_failed", "root/f")) == 3
+    assert len(starts) == 4
