@@ -50,6 +50,7 @@ from .checkpoints import CheckpointStore
 from .journal import Journal
 from .snapshot import (
     Checkpoint,
+    CheckpointCreationError,
     CheckpointData,
     CheckpointMetadata,
     ErrorRecord,
@@ -278,12 +279,25 @@ class CheckpointActor(Actor):
         batch, self.buffer = self.buffer, []
         if not batch:
             return
+        written: list[str] = []
         try:
-            await anyio.to_thread.run_sync(self._write, batch)
+            await anyio.to_thread.run_sync(self._write, batch, written)
         except StorageError as exc:
-            self.buffer[:0] = batch
+            # Lines of a kind already written and fsynced are durable: keep only the rest.
+            self.buffer[:0] = [rec for rec in batch if rec[0] not in written]
+            batch = [rec for rec in batch if rec[0] in written]
+            if batch:
+                await anyio.to_thread.run_sync(self._journal, batch)
+                await self._made_durable(batch)
             await self._storage_trouble(exc)
             return
+        await self._made_durable(batch)
+        if self.trouble:
+            await self._recovered()
+        if self.since_snapshot >= self.config.every_items:
+            await self._snapshot("items")
+
+    async def _made_durable(self, batch: list[tuple[str, str, str, bytes]]) -> None:
         durable: list[tuple[str, str]] = []
         for kind, key, digest, _ in batch:
             (self.done if kind == "result" else self.failed).add(key)
@@ -292,12 +306,9 @@ class CheckpointActor(Actor):
             durable.append((kind, key))
         self.since_snapshot += len(batch)
         await self.tree.whereis("work").cast(("durable", durable))
-        if self.trouble:
-            await self._recovered()
-        if self.since_snapshot >= self.config.every_items:
-            await self._snapshot("items")
 
-    def _write(self, batch: list[tuple[str, str, str, bytes]]) -> None:
+    def _write(self, batch: list[tuple[str, str, str, bytes]],
+               written: list[str] | None = None) -> None:
         for kind in KINDS:
             data = b"".join(line for k, _, _, line in batch if k == kind)
             if not data:
@@ -309,6 +320,8 @@ class CheckpointActor(Actor):
                 self._cut_back(kind)
                 raise
             self.sizes[kind] += len(data)
+            if written is not None:
+                written.append(kind)
         self._journal(batch)
 
     def _cut_back(self, kind: str) -> None:
@@ -369,7 +382,7 @@ class CheckpointActor(Actor):
         cp = self._build()
         try:
             seq = await anyio.to_thread.run_sync(self._save, cp)
-        except (StorageError, OSError) as exc:
+        except (StorageError, OSError, CheckpointCreationError) as exc:
             _log.critical("snapshot failed; the journal and output still hold every item",
                           error=str(exc), reason=why)
             self.tree.events.emit("storage_error", self.path, self.tree.correlation_id, exc,
@@ -387,8 +400,13 @@ class CheckpointActor(Actor):
             self.journal.commit()
             self.journal.close()
         self.journal = None
-        self.store.save(cp)
-        self.journal = self.store.open_journal()
+        try:
+            self.store.save(cp)
+        finally:
+            try:
+                self.journal = self.store.open_journal()
+            except StorageError as exc:
+                _log.error("cannot open a journal segment", error=str(exc))
         return cp.sequence_number
 
     def _build(self) -> Checkpoint:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from supervisor import Actor, ActorRef, Down, ExitStatus, MonitorRef, new_correlation_id
+from supervisor import Actor, ActorRef, Down, ExitStatus, MonitorRef, Timer, new_correlation_id
 
 from .checkpoint import item_digest
 from .classify import Classification, FailureCategory, RecoveryAction, severity_for
@@ -72,6 +72,8 @@ class WorkQueue(Actor):
         self._next_lease = 0
         self._seq = 0
         self._timer_at = float("inf")
+        self._timer: Timer | None = None
+        self._killed: set[int] = set()
         self._rng = random.Random()
         self._started = time.monotonic()
         self._last_progress = 0.0
@@ -139,13 +141,16 @@ class WorkQueue(Actor):
             self._tab_down(msg)
         elif isinstance(msg, _Tick):
             self._timer_at = float("inf")
+            self._timer = None
             self._expire_leases()
             self._release_due()
             self._progress()
             if self.delayed:
                 self._schedule(self.delayed[0][0])
-            if self.leases:
-                self._schedule(min(lease.deadline for lease, _ in self.leases.values()))
+            live = [lease.deadline for lease, _ in self.leases.values()
+                    if lease.id not in self._killed]
+            if live:
+                self._schedule(min(live))
             if not self.finished:
                 self._schedule(time.monotonic() + self.runtime.job.progress_interval)
         self._dispatch()
@@ -170,6 +175,7 @@ class WorkQueue(Actor):
         for lease_id, (lease, tab) in list(self.leases.items()):
             if tab is down.ref:
                 del self.leases[lease_id]
+                self._killed.discard(lease_id)
                 reason = down.reason if isinstance(down.reason, str) else repr(down.reason)
                 self._retry_or_fail(lease, Attempt(
                     lease_id, lease.key, False, error_type="TabExited",
@@ -180,9 +186,10 @@ class WorkQueue(Actor):
     def _expire_leases(self) -> None:
         now = time.monotonic()
         for lease, tab in list(self.leases.values()):
-            if lease.deadline <= now and tab.alive:
+            if lease.deadline <= now and tab.alive and lease.id not in self._killed:
                 _log.warning("lease expired; killing its tab", key=lease.key, tab=tab.path,
                              correlation_id=lease.correlation_id)
+                self._killed.add(lease.id)
                 tab.kill()  # its Down gives the lease back
 
     # -- dispatch ------------------------------------------------------------------------
@@ -237,8 +244,10 @@ class WorkQueue(Actor):
 
     def _schedule(self, at: float) -> None:
         if at < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer_at = at
-            self.send_after(max(0.0, at - time.monotonic()), _Tick())
+            self._timer = self.send_after(max(0.0, at - time.monotonic()), _Tick())
 
     # -- outcomes ------------------------------------------------------------------------
 
