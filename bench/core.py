@@ -7,15 +7,23 @@
     python bench/core.py --runs 9             more measured runs per side
 
 Prints one JSON line per figure on stdout and nothing else there; progress goes to
-stderr. Each backend runs in a fresh subprocess (``--worker BACKEND``); ``spawn_memory``
-runs in one more fresh subprocess per backend with tracemalloc on
-(``--memory-worker BACKEND``), so tracing never slows down the timed figures.
+stderr. Each backend runs in a fresh subprocess (``--worker BACKEND``), one after the
+other; ``spawn_memory`` runs in one more fresh subprocess per backend
+(``--memory-worker BACKEND``, these two side by side since byte counts do not depend on
+timing), so allocation tracing never slows down the timed figures.
 
 Method, for every figure: one warm-up run of each side (discarded), then ``--runs``
 measured runs of each side, alternating (ours first on even runs, the baseline first on
-odd runs), each run in its own event loop (``anyio.run``) after a ``gc.collect()``. The
-reported value is the median over the runs; for ``call`` and ``restart`` each run's
-value is itself the median of its individual round trips. Logging keeps the package's
+odd runs), each run in its own event loop (``anyio.run``) after a ``gc.collect()``, with
+the garbage collector left on. The reported value is the median over the runs.
+
+Clocks: the totals (``tell``, ``tell_queue``, ``spawn_time``) are taken in CPU time of
+the benchmark process (``time.process_time``). These loops are single-threaded and do
+no I/O, so on an idle machine CPU time equals wall time; on a shared 2-core machine it
+stays meaningful when other processes compete for the cores. The wall-clock value of
+every run is logged on stderr next to it. ``call`` and ``restart`` are wall-clock
+(``time.perf_counter``) per round trip, and each run's value is the median of its round
+trips, which a preemption now and then does not move. Logging keeps the package's
 default configuration (structlog at INFO on stderr).
 
 Figures (see bench/README.md for the results and the goals):
@@ -36,8 +44,11 @@ Figures (see bench/README.md for the results and the goals):
                  dynamic supervisor, then all stopped by shutting the tree down, vs 10,000
                  raw tasks each with its own memory stream, stopped by closing the send
                  streams; seconds.
-``spawn_memory`` bytes per idle actor among 10,000 (tracemalloc delta of live Python
-                 allocations, child specs included), vs the raw task + stream.
+``spawn_memory`` bytes per idle actor among 10,000: tracemalloc, started just before the
+                 first child and read once all 10,000 wait on their mailboxes (after a
+                 ``gc.collect()``), divided by 10,000; child specs included (the
+                 supervisor keeps them), tree and supervisors excluded (they exist
+                 before). Same for the raw task + stream.
 """
 
 from __future__ import annotations
@@ -80,6 +91,7 @@ def stamp() -> tuple[float, float]:
 def rates(n: int, t0: tuple[float, float], t1: tuple[float, float]) -> tuple[float, float]:
     """(per CPU second, per wall second)."""
     return n / (t1[1] - t0[1]), n / (t1[0] - t0[0])
+
 
 BACKENDS = ("asyncio", "trio")
 FIGURES = ("tell", "tell_queue", "call", "restart", "spawn_time", "spawn_memory")
@@ -423,11 +435,11 @@ async def memory_raw(n: int) -> tuple[float, float]:
 
 # name: (unit, ours, baseline, n, warm-up n, backends, digits)
 BENCHES: dict[str, tuple[str, Any, Any, int, int, tuple[str, ...], int]] = {
-    "tell": ("msg/s", tell_ours, tell_stream, TELL_N, 50_000, BACKENDS, 0),
-    "tell_queue": ("msg/s", tell_ours, tell_queue, TELL_N, 50_000, ("asyncio",), 0),
-    "call": ("us", call_ours, call_stream, CALL_N, 5_000, BACKENDS, 2),
-    "restart": ("us", restart_ours, restart_raw, RESTART_N, 500, BACKENDS, 1),
-    "spawn_time": ("s", spawn_ours, spawn_raw, SPAWN_N, 2_000, BACKENDS, 4),
+    "tell": ("msg/s", tell_ours, tell_stream, TELL_N, 20_000, BACKENDS, 0),
+    "tell_queue": ("msg/s", tell_ours, tell_queue, TELL_N, 20_000, ("asyncio",), 0),
+    "call": ("us", call_ours, call_stream, CALL_N, 2_000, BACKENDS, 2),
+    "restart": ("us", restart_ours, restart_raw, RESTART_N, 200, BACKENDS, 1),
+    "spawn_time": ("s", spawn_ours, spawn_raw, SPAWN_N, 1_000, BACKENDS, 3),
     "spawn_memory": ("bytes", memory_ours, memory_raw, SPAWN_N, 200, BACKENDS, 0),
 }
 
@@ -471,6 +483,7 @@ def measure(name: str, backend: str, runs: int) -> dict[str, Any]:
 
 
 def worker(backend: str, only: list[str], runs: int) -> None:
+    log(f"{backend} worker: supervisor/ sources {_fingerprint()}")
     for name in only:
         if name == "spawn_memory" or backend not in BENCHES[name][5]:
             continue
@@ -478,6 +491,7 @@ def worker(backend: str, only: list[str], runs: int) -> None:
 
 
 def memory_worker(backend: str, runs: int) -> None:
+    log(f"{backend} memory worker: supervisor/ sources {_fingerprint()}")
     print(json.dumps(measure("spawn_memory", backend, runs)), flush=True)
 
 

@@ -466,7 +466,12 @@ class Cell:
         while not self.stopping:
             try:
                 kind, msg, reply = recv_nowait()
+                empty = False
             except WouldBlock:
+                empty = True
+            if empty:
+                # Waiting outside the except clause: an idle actor must not keep the
+                # WouldBlock, its traceback and frames alive (about 450 bytes each).
                 kind, msg, reply = await receive()
                 handled = 0
             else:

@@ -235,8 +235,9 @@ class Supervisor(Actor):
             await self._try_restart(msg)
 
     async def _on_exit(self, msg: _Exit) -> None:
-        child = next((c for c in self._children.values() if c.cell is msg.cell), None)
-        if child is None or self._stopping:
+        # The child id is the last part of the path: no scan over (maybe many) children.
+        child = self._children.get(msg.cell.path.rpartition("/")[2])
+        if child is None or child.cell is not msg.cell or self._stopping:
             return  # an incarnation we stopped ourselves, or we are going down anyway
         child.cell = None
         child.state = "terminated"
