@@ -73,7 +73,7 @@ __all__ = [
     "FAULTS",
     "SECTIONS",
     "DemoSite",
-    "HTTPStatusError",
+    "HTTPStatusError",  # noqa: F822 -- provided lazily by __getattr__
     "SiteOptions",
     "all_keys",
     "demo_items",
@@ -660,20 +660,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- client side
 
 
-class HTTPStatusError(Exception):
-    """A page answered with an HTTP error status (>= 400)."""
+def __getattr__(name: str) -> Any:
+    # The runtime's own error class, imported lazily: the server process needs nothing
+    # but the standard library.
+    if name == "HTTPStatusError":
+        from actors.tab import HTTPStatusError
 
-    def __init__(self, status: int, url: str, retry_after: str | None = None) -> None:
-        super().__init__(status, url, retry_after)
-        self.status = status
-        self.url = url
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        text = f"HTTP {self.status} for {self.url}"
-        if self.retry_after is not None:
-            text += f" (Retry-After: {self.retry_after})"
-        return text
+        return HTTPStatusError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def _settle_error_page(page: Page) -> None:
@@ -701,6 +695,8 @@ async def scrape_demo(page: Page, item: dict[str, str]) -> dict[str, Any]:
             await _settle_error_page(page)
         raise
     if response is not None and response.status >= 400:
+        from actors.tab import HTTPStatusError
+
         raise HTTPStatusError(response.status, item["url"], response.headers.get("retry-after"))
     await page.wait_for_selector("#content[data-ready='1']")
     return await page.evaluate(_EXTRACT_JS)
