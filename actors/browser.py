@@ -28,12 +28,11 @@ import attrs
 import psutil
 import sniffio
 
-from supervisor import Actor, ActorRef, WrongBackend
+from supervisor import Actor, WrongBackend
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, Playwright
 
-    from supervisor import Tree
 
 __all__ = [
     "LAUNCH_FLAGS",
@@ -41,7 +40,6 @@ __all__ = [
     "BrowserDisconnected",
     "BrowserNotFound",
     "PlaywrightHost",
-    "browser_actor",
     "find_browser",
     "require_asyncio",
 ]
@@ -111,11 +109,6 @@ def find_browser(config: BrowserConfig, playwright: Playwright | None = None) ->
         return which
     raise BrowserNotFound("no browser found; tried " + ", ".join(tried)
                           + f". Install Chromium or set {ENV_PATH}")
-
-
-def browser_actor(tree: Tree) -> ActorRef:
-    """The running browser actor of ``tree``; :class:`NoSuchActor` while it restarts."""
-    return tree.whereis("browser")
 
 
 def require_asyncio(what: str) -> None:

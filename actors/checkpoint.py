@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -48,6 +48,7 @@ from supervisor import Actor, ExitStatus
 from . import serde
 from .checkpoints import CheckpointStore
 from .journal import Journal
+from .serde import between
 from .snapshot import (
     Checkpoint,
     CheckpointCreationError,
@@ -67,14 +68,6 @@ __all__ = ["CheckpointActor", "CheckpointConfig", "item_digest", "read_records"]
 _log = structlog.get_logger("actors.checkpoint")
 
 
-def _within(lo: float, hi: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    def check(_i: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-        if not lo <= value <= hi:
-            raise ValueError(f"{attr.name} must be between {lo:g} and {hi:g}, got {value!r}")
-
-    return check
-
-
 @attrs.frozen
 class CheckpointConfig:
     """The seeds' CheckpointConfiguration, with this project's defaults.
@@ -84,9 +77,9 @@ class CheckpointConfig:
     (needs the ``crypto`` extra). ``storage_path`` defaults to the job's output directory.
     """
 
-    interval: float = attrs.field(default=300.0, validator=_within(1, 86400))
-    every_items: int = attrs.field(default=500, validator=_within(1, 10_000_000))
-    retention: int = attrs.field(default=10, validator=_within(1, 1000))
+    interval: float = attrs.field(default=300.0, validator=between(1, 86400))
+    every_items: int = attrs.field(default=500, validator=between(1, 10_000_000))
+    retention: int = attrs.field(default=10, validator=between(1, 1000))
     compression: bool = False
     encryption: bool = False
     key_file: str | None = None

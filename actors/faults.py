@@ -16,8 +16,6 @@ import anyio
 import attrs
 import structlog
 
-from .browser import browser_actor
-
 if TYPE_CHECKING:
     from playwright.async_api import Page
 
@@ -49,7 +47,7 @@ async def crash_renderer(page: Page) -> None:
 
 async def kill_browser(actor: Actor) -> int | None:
     """SIGKILL the browser process of the running tree; returns its pid."""
-    pid = await browser_actor(actor.tree).call("pid")
+    pid = await actor.tree.whereis("browser").call("pid")
     if pid:
         _log.warning("fault injection: killing the browser", pid=pid)
         os.kill(pid, signal.SIGKILL)
@@ -83,7 +81,7 @@ class FaultInjector:
         with anyio.move_on_after(60):
             while True:
                 try:
-                    pid = await browser_actor(actor.tree).call("pid")
+                    pid = await actor.tree.whereis("browser").call("pid")
                 except Exception:
                     pid = None
                 if pid and pid not in self._killed:

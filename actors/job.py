@@ -53,6 +53,7 @@ from .failures import FailuresActor
 from .faults import FaultInjector, Faults
 from .records import check_item
 from .retry import RetryPolicy
+from .serde import between
 from .snapshot import CheckpointError, load_key
 from .storage import Storage
 from .tab import TabActor
@@ -66,14 +67,6 @@ __all__ = ["Job", "JobError", "JobResult", "JobRuntime", "job_tree", "run_job", 
 _log = structlog.get_logger("actors.job")
 
 ScrapeFn = Callable[["Page", dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-def _range(lo: float, hi: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    def check(_i: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-        if not lo <= value <= hi:
-            raise ValueError(f"{attr.name} must be between {lo:g} and {hi:g}, got {value!r}")
-
-    return check
 
 
 @attrs.define(kw_only=True)
@@ -90,12 +83,12 @@ class Job:
     items: Sequence[Mapping[str, Any]]
     scrape: ScrapeFn | None = None
     tab: type[TabActor] = TabActor
-    tabs: int = attrs.field(default=4, validator=_range(1, 64))
+    tabs: int = attrs.field(default=4, validator=between(1, 64))
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     classifier: FailureClassifier = attrs.field(factory=FailureClassifier)
     output_dir: Path = attrs.field(default=Path("runs"), converter=Path)
-    attempt_timeout: float = attrs.field(default=60.0, validator=_range(0.001, 3600))
-    progress_interval: float = attrs.field(default=5.0, validator=_range(0.01, 3600))
+    attempt_timeout: float = attrs.field(default=60.0, validator=between(0.001, 3600))
+    progress_interval: float = attrs.field(default=5.0, validator=between(0.01, 3600))
     fail_fast_status: bool = True
     browser: BrowserConfig = attrs.field(factory=BrowserConfig)
     faults: Faults = attrs.field(factory=Faults)

@@ -34,7 +34,6 @@ import structlog
 
 from supervisor import Actor, NoSuchActor
 
-from .browser import browser_actor
 from .classify import Classification
 from .logctx import bound
 from .records import Attempt, Lease
@@ -117,7 +116,7 @@ class TabActor(Actor):
         the wait ends as soon as the browser disconnects.
         """
         try:
-            browser = browser_actor(self.tree)
+            browser = self.tree.whereis("browser")
         except NoSuchActor:
             return None
         context = await browser.call("context", timeout=30)

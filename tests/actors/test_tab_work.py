@@ -17,7 +17,7 @@ import pytest
 from sitekit import by_key, clean_keys, fast_retry, items_for, read_jsonl, run, visits
 
 from actors import Job, RetryPolicy, TabActor
-from actors.browser import BrowserActor, BrowserConfig, PlaywrightHost, browser_actor
+from actors.browser import BrowserActor, BrowserConfig, PlaywrightHost
 from examples.demo_site import DemoSite, SiteOptions, match_data, scrape_demo
 from supervisor import ChildSpec, StartError, SupervisorSpec, WrongBackend, start_tree
 
@@ -211,7 +211,7 @@ async def test_tab_subclass_prepares_every_page_even_after_browser_kill(
         base: ClassVar[str] = site.url
 
         async def prepare(self, page: Any) -> None:
-            browser_pids.add(await browser_actor(self.tree).call("pid"))
+            browser_pids.add(await self.tree.whereis("browser").call("pid"))
             await page.context.add_cookies([{"name": "league", "value": "north",
                                              "url": self.base}])
             await page.route("**/banner", lambda route: route.fulfill(
@@ -219,7 +219,7 @@ async def test_tab_subclass_prepares_every_page_even_after_browser_kill(
 
         async def scrape(self, page: Any, item: dict[str, Any]) -> dict[str, Any]:
             if item["key"] == victim and not killed:
-                pid = await browser_actor(self.tree).call("pid")
+                pid = await self.tree.whereis("browser").call("pid")
                 killed.append(pid)
                 os.kill(pid, signal.SIGKILL)
             data = await scrape_demo(page, item)
