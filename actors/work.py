@@ -59,7 +59,7 @@ class WorkQueue(Actor):
         self.leases: dict[int, tuple[Lease, ActorRef]] = {}
         self.writing: set[str] = set()
         self.idle: deque[ActorRef] = deque()
-        self.watched: dict[int, MonitorRef] = {}
+        self.watched: dict[ActorRef, MonitorRef] = {}
         self.done: set[str] = set()
         self.failed: set[str] = set()
         self.attempts: dict[str, int] = {}
@@ -160,20 +160,19 @@ class WorkQueue(Actor):
     def _tab_ready(self, tab: ActorRef) -> None:
         if not tab.alive:
             return
-        key = id(tab)
-        if key not in self.watched:
-            self.watched[key] = self.monitor(tab)
+        if tab not in self.watched:
+            self.watched[tab] = self.monitor(tab)
         if tab not in self.idle:
             self.idle.append(tab)
 
     def _tab_down(self, down: Down) -> None:
-        self.watched.pop(id(down.ref), None)
+        self.watched.pop(down.ref, None)
         try:
             self.idle.remove(down.ref)
         except ValueError:
             pass
         for lease_id, (lease, tab) in list(self.leases.items()):
-            if tab is down.ref:
+            if tab == down.ref:
                 del self.leases[lease_id]
                 self._killed.discard(lease_id)
                 reason = down.reason if isinstance(down.reason, str) else repr(down.reason)

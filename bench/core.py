@@ -43,7 +43,13 @@ Figures (see bench/README.md for the results and the goals):
 ``spawn_time``   10,000 TEMPORARY children started with ``start_child`` under one
                  dynamic supervisor, then all stopped by shutting the tree down, vs 10,000
                  raw tasks each with its own memory stream, stopped by closing the send
-                 streams; seconds.
+                 streams; seconds. Both loops let the scheduler run every 64 starts
+                 (``start_child`` does so itself, like a cast; the raw loop calls
+                 ``checkpoint()``), so on both sides the tasks reach their idle wait on
+                 the stream while the loop runs: the figure compares 10,000 idle actors
+                 with 10,000 idle tasks, the same ones ``spawn_memory`` weighs. (A raw
+                 loop that never yields only creates tasks that first run once their
+                 streams are closed; ``--raw-never-yields`` measures that variant.)
 ``spawn_memory`` bytes per idle actor among 10,000: tracemalloc, started just before the
                  first child and read once all 10,000 wait on their mailboxes (after a
                  ``gc.collect()``), divided by 10,000; child specs included (the
@@ -362,12 +368,18 @@ async def spawn_ours(n: int) -> tuple[float, float]:
     return t2[1] - t0[1], t2[0] - t0[0]
 
 
+RAW_YIELD_EVERY = 64  # as start_child's and cast's fast path; 0: never (see the docstring)
+
+
 async def spawn_raw(n: int) -> tuple[float, float]:
     sends = []
+    every = RAW_YIELD_EVERY
     async with anyio.create_task_group() as tg:
         await checkpoint()
         t0 = stamp()
-        for _ in range(n):
+        for i in range(n):
+            if every and i % every == every - 1:
+                await checkpoint()
             send, recv = anyio.create_memory_object_stream[Any](MAILBOX)
             sends.append(send)
             tg.start_soon(_idle_task, recv)
@@ -502,6 +514,9 @@ def main() -> int:
     parser.add_argument("--backend", choices=BACKENDS, action="append",
                         help="backend to run (repeatable; default: both)")
     parser.add_argument("--runs", type=int, default=5, help="measured runs per side")
+    parser.add_argument("--raw-never-yields", action="store_true",
+                        help="spawn_time baseline: start the raw tasks without letting"
+                             " them run (they first run once their streams are closed)")
     parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", choices=BACKENDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -509,6 +524,9 @@ def main() -> int:
     unknown = set(only) - set(FIGURES)
     if unknown:
         parser.error(f"unknown figures: {', '.join(sorted(unknown))}")
+    global RAW_YIELD_EVERY
+    if args.raw_never_yields:
+        RAW_YIELD_EVERY = 0
     if args.worker:
         worker(args.worker, only, args.runs)
         return 0
@@ -521,7 +539,8 @@ def main() -> int:
         f" {_version('trio')}, {os.cpu_count()} CPUs, load average {_load()},"
         f" supervisor/ sources {_fingerprint()}")
     backends = args.backend or list(BACKENDS)
-    common = ["--only", ",".join(only), "--runs", str(args.runs)]
+    common = ["--only", ",".join(only), "--runs", str(args.runs),
+              *(["--raw-never-yields"] if args.raw_never_yields else [])]
     if set(only) - {"spawn_memory"}:
         for backend in backends:  # one after the other: timings need a quiet machine
             proc = subprocess.run([sys.executable, __file__, "--worker", backend, *common],

@@ -15,9 +15,9 @@ waits (backpressure).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import contextvars
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import attrs
@@ -28,6 +28,9 @@ from ._errors import ActorExited, CallTimeout, MailboxFull
 from ._events import current_correlation_id
 
 if TYPE_CHECKING:
+    from anyio import TaskHandle
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
     from ._tree import Tree
 
 __all__ = ["Actor", "ActorRef", "Down", "MonitorRef", "Timer"]
@@ -43,6 +46,37 @@ _YIELD_EVERY = 64
 # Counts casts that took the fast path since the last yield; one counter for the whole
 # thread so that a producer casting to many actors still yields every 64 casts.
 _fast_casts = 0
+
+
+# Stateless, so one instance serves every actor that has no lifetime context.
+_NO_LIFETIME: AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+
+
+class Parent(Protocol):
+    """Who hears of an incarnation's end: its supervisor, or the tree for the root."""
+
+    def child_exited(self, cell: Cell, reason: Any, correlation_id: str) -> None: ...
+
+
+async def fast_path_checkpoint() -> None:
+    """Honour cancellation; yield to the scheduler once every 64 calls.
+
+    Operations that complete without waiting (a cast into a mailbox with room, a child
+    started without a round trip) call this first, so a loop of them is still
+    cancellable at every step and never starves the other tasks.
+    """
+    global _fast_casts
+    _fast_casts += 1
+    if _fast_casts >= _YIELD_EVERY:
+        _fast_casts = 0
+        await checkpoint()
+    else:
+        await checkpoint_if_cancelled()
+
+
+def needs_start(actor_class: type[Actor]) -> bool:
+    """True if the class overrides ``on_start``: its start must be waited for."""
+    return actor_class.on_start is not Actor.on_start
 
 
 def describe_reason(reason: Any) -> str:
@@ -139,7 +173,7 @@ class Actor:
 
     def _lifetime(self) -> AbstractAsyncContextManager[Any]:
         # A supervisor replaces this with the task group its children live in.
-        return contextlib.nullcontext()
+        return _NO_LIFETIME
 
     # -- helpers for the actor's own code -------------------------------------------
 
@@ -169,7 +203,10 @@ class Actor:
     def demonitor(self, mref: MonitorRef) -> None:
         """Cancel a monitor; no ``Down`` for it arrives after this returns."""
         mref.target._cell.remove_monitor(mref)
-        self._cell.cancelled_monitors.add(id(mref))
+        cell = self._cell
+        if cell.cancelled_monitors is None:
+            cell.cancelled_monitors = set()
+        cell.cancelled_monitors.add(id(mref))
 
     def notify(self, msg: Any) -> None:
         """Deliver ``msg`` to this actor's own ``handle_info`` without waiting.
@@ -189,12 +226,20 @@ class ActorRef:
 
     After that incarnation ends every send raises :class:`ActorExited`; use a name
     (``tree.whereis`` or ``tree.ref(name)``) to reach whichever incarnation is current.
+    Like Erlang pids, refs are values: two refs to the same incarnation compare equal
+    and hash alike (use ``==``, not ``is``).
     """
 
     __slots__ = ("_cell",)
 
     def __init__(self, cell: Cell) -> None:
         self._cell = cell
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorRef) and other._cell is self._cell
+
+    def __hash__(self) -> int:
+        return object.__hash__(self._cell)
 
     def __repr__(self) -> str:
         state = "alive" if self.alive else "exited"
@@ -232,14 +277,9 @@ class ActorRef:
         cell = self._cell
         # The cancellation point comes before the send: a cast that raised Cancelled
         # was never delivered.
-        _fast_casts += 1
-        if _fast_casts >= _YIELD_EVERY:
-            _fast_casts = 0
-            await checkpoint()
-        else:
-            await checkpoint_if_cancelled()
+        await fast_path_checkpoint()
         try:
-            cell.send_nowait((_CAST, msg, None))
+            cell._send.send_nowait((_CAST, msg, None))
         except WouldBlock:
             _fast_casts = 0
             await cell.send_waiting((_CAST, msg, None))
@@ -250,7 +290,7 @@ class ActorRef:
         """Like :meth:`cast` but never waits: raises :class:`MailboxFull` instead."""
         cell = self._cell
         try:
-            cell.send_nowait((_CAST, msg, None))
+            cell._send.send_nowait((_CAST, msg, None))
         except WouldBlock:
             raise MailboxFull(cell.path, cell.mailbox_size) from None
         except (BrokenResourceError, ClosedResourceError):
@@ -267,7 +307,7 @@ class ActorRef:
         reply = _Reply()
         item = (_CALL, msg, reply)
         try:
-            cell.send_nowait(item)
+            cell._send.send_nowait(item)
         except WouldBlock:
             await cell.send_waiting(item)
         except (BrokenResourceError, ClosedResourceError):
@@ -288,7 +328,7 @@ class ActorRef:
         """Send ``msg`` to ``handle_info`` (waits while the mailbox is full)."""
         cell = self._cell
         try:
-            cell.send_nowait((_INFO, msg, None))
+            cell._send.send_nowait((_INFO, msg, None))
         except WouldBlock:
             await cell.send_waiting((_INFO, msg, None))
         except (BrokenResourceError, ClosedResourceError):
@@ -297,7 +337,22 @@ class ActorRef:
 
 
 class Cell:
-    """The runtime of one incarnation: mailbox, task, stop protocol and exit."""
+    """The runtime of one incarnation: mailbox, task, stop protocol and exit.
+
+    Kept small because a tree may hold many thousands of idle actors: the events that
+    ``started``/``done`` waiters use, and the monitor tables, exist only once somebody
+    needs them; the task is killed through its anyio task handle's own cancel scope.
+    Nothing points back at the cell once it has ended (refs are made on demand, the
+    actor and task handle are let go), so a finished incarnation is freed by reference
+    counting alone, without waiting for the cyclic garbage collector.
+    """
+
+    __slots__ = (
+        "_done", "_parent", "_recv", "_ref_class", "_send", "_started", "actor",
+        "cancelled_monitors", "current_reply", "handle", "incarnation", "kill_requested",
+        "mailbox_size", "monitors", "name", "path", "reason", "start_error", "started",
+        "stop_reason", "stopping", "tree",
+    )
 
     def __init__(
         self,
@@ -306,33 +361,73 @@ class Cell:
         actor: Actor,
         mailbox_size: float,
         incarnation: int,
-        on_exit: Callable[[Cell, Any, str], None],
+        parent: Parent,
         name: str | None = None,
     ) -> None:
         self.tree = tree
         self.path = path
-        self.actor = actor
+        #: The actor object while the incarnation lives; let go when it ends.
+        self.actor: Actor | None = actor
         self.mailbox_size = mailbox_size
         self.incarnation = incarnation
         self.name = name
-        self._on_exit = on_exit
-        send, recv = anyio.create_memory_object_stream[tuple[int, Any, Any]](mailbox_size)
-        self._send = send
-        self._recv = recv
-        self.send_nowait = send.send_nowait
-        self.ref: ActorRef = getattr(actor, "_ref_class", ActorRef)(self)
+        self._parent = parent
+        # Unsubscripted: calling a subscripted generic goes through typing's machinery.
+        self._send: MemoryObjectSendStream[tuple[int, Any, Any]]
+        self._recv: MemoryObjectReceiveStream[tuple[int, Any, Any]]
+        self._send, self._recv = anyio.create_memory_object_stream(mailbox_size)
+        self._ref_class: type[ActorRef] = getattr(actor, "_ref_class", ActorRef)
         self.reason: Any = None
-        self.started = anyio.Event()
+        #: True once ``on_start`` has returned (or the incarnation ended without it).
+        self.started = False
+        self._started: anyio.Event | None = None
         self.start_error: BaseException | None = None
-        self.done = anyio.Event()
+        self._done: anyio.Event | None = None
         self.stopping = False
         self.stop_reason: Any = NORMAL
-        self.hard_scope: anyio.CancelScope | None = None
+        self.handle: TaskHandle[None] | None = None
         self.kill_requested = False
-        self.monitors: dict[int, tuple[MonitorRef, Cell]] = {}
-        self.cancelled_monitors: set[int] = set()
+        self.monitors: dict[int, tuple[MonitorRef, Cell]] | None = None
+        self.cancelled_monitors: set[int] | None = None
         self.current_reply: _Reply | None = None
         actor._cell = self
+
+    @property
+    def ref(self) -> ActorRef:
+        """A ref to this incarnation (a new object each time; refs compare by cell)."""
+        return self._ref_class(self)
+
+    def spawn(self, tg: anyio.abc.TaskGroup, context: contextvars.Context | None = None) -> None:
+        """Start the incarnation's task in ``tg`` (in a copy of ``context``, if given)."""
+        self.handle = tg.create_task(self.run(), name=self.path, context=context)
+        if self.kill_requested:
+            self.handle.cancel()
+
+    @property
+    def idle(self) -> bool:
+        """True while the task waits on an empty mailbox and nothing was handed to it."""
+        stats = self._recv.statistics()
+        return (stats.tasks_waiting_receive > 0 and not stats.current_buffer_used
+                and not self.stopping)
+
+    async def wait_started(self) -> None:
+        """Wait until ``on_start`` has returned or failed (or the incarnation ended)."""
+        if not self.started:
+            if self._started is None:
+                self._started = anyio.Event()
+            await self._started.wait()
+
+    async def wait_done(self) -> None:
+        """Wait until the incarnation has ended."""
+        if self.reason is None:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
+
+    def _set_started(self) -> None:
+        self.started = True
+        if self._started is not None:
+            self._started.set()
 
     # -- sending -----------------------------------------------------------------------
 
@@ -353,7 +448,7 @@ class Cell:
         """
         item = (_INFO, msg, None)
         try:
-            self.send_nowait(item)
+            self._send.send_nowait(item)
         except WouldBlock:
             self.tree.spawn_system(self._deliver_later, item)
         except (BrokenResourceError, ClosedResourceError):
@@ -372,11 +467,14 @@ class Cell:
         if self.reason is not None:
             watcher.deliver(Down(self.ref, self.reason, mref))
         else:
+            if self.monitors is None:
+                self.monitors = {}
             self.monitors[id(mref)] = (mref, watcher)
         return mref
 
     def remove_monitor(self, mref: MonitorRef) -> None:
-        self.monitors.pop(id(mref), None)
+        if self.monitors is not None:
+            self.monitors.pop(id(mref), None)
 
     # -- life --------------------------------------------------------------------------
 
@@ -387,92 +485,94 @@ class Cell:
         self.stopping = True
         self.stop_reason = reason
         try:
-            self.send_nowait(_WAKE_ITEM)
+            self._send.send_nowait(_WAKE_ITEM)
         except (WouldBlock, BrokenResourceError, ClosedResourceError):
             pass  # not idle (it sees the flag after this message) or already gone
 
     def kill(self) -> None:
         """Cancel the actor's task at once."""
         self.kill_requested = True
-        if self.hard_scope is not None:
-            self.hard_scope.cancel()
+        if self.handle is not None:
+            self.handle.cancel()
 
     async def stop(self, shutdown: float | str | None) -> None:
         """Stop as a supervisor does: ask, wait up to ``shutdown`` s, then cancel."""
-        if self.reason is not None:
-            return
-        if shutdown == "brutal":
-            self.kill()
-        else:
-            self.request_stop(SHUTDOWN)
-            if shutdown is None:
-                await self.done.wait()
+        self.ask_stop(shutdown)
+        await self.await_stop(shutdown, anyio.current_time())
+
+    def ask_stop(self, shutdown: float | str | None) -> None:
+        """First half of :meth:`stop`: ask the actor to end (``brutal``: kill it)."""
+        if self.reason is None:
+            if shutdown == "brutal":
+                self.kill()
             else:
-                with anyio.move_on_after(float(shutdown)):  # type: ignore[arg-type]
-                    await self.done.wait()
-                if self.reason is None:
-                    self.kill()
-        await self.done.wait()
+                self.request_stop(SHUTDOWN)
+
+    async def await_stop(self, shutdown: float | str | None, asked_at: float) -> None:
+        """Second half of :meth:`stop`: wait until ``asked_at + shutdown``, then kill."""
+        if self.reason is None and shutdown is not None and shutdown != "brutal":
+            with anyio.CancelScope(deadline=asked_at + float(shutdown)):  # type: ignore[arg-type]
+                await self.wait_done()
+            if self.reason is None:
+                self.kill()
+        await self.wait_done()
 
     async def run(self) -> None:
-        """The incarnation's task: start, serve the mailbox, stop, report the exit."""
+        """The incarnation's task: start, serve the mailbox, stop, report the exit.
+
+        A kill cancels the task handle's scope, which encloses this coroutine.
+        """
         reason: Any = None
         cid = ""
-        with anyio.CancelScope() as scope:
-            self.hard_scope = scope
-            if self.kill_requested:
-                scope.cancel()
-            try:
-                async with self.actor_scope():
+        actor = self.actor
+        assert actor is not None
+        try:
+            async with actor._lifetime():
+                try:
+                    await actor.on_start()
+                except Exception as exc:
+                    self.start_error = exc
+                    reason = exc
+                    cid = current_correlation_id() or self.tree.correlation_id
+                else:
+                    self._set_started()
                     try:
-                        await self.actor.on_start()
+                        await self._serve(actor)
+                        reason = self.stop_reason
                     except Exception as exc:
-                        self.start_error = exc
                         reason = exc
                         cid = current_correlation_id() or self.tree.correlation_id
-                    else:
-                        self.started.set()
-                        try:
-                            await self._serve()
-                            reason = self.stop_reason
-                        except Exception as exc:
-                            reason = exc
-                            cid = current_correlation_id() or self.tree.correlation_id
-                            if self.current_reply is not None:
-                                exc.add_note(f"raised by actor {self.path} while handling a call")
-                                self.current_reply.fail(exc)
-                        await self._stop_hook(reason)
-            except BaseException as exc:
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    if reason is None:
-                        reason = KILLED
-                    raise
+                        if self.current_reply is not None:
+                            exc.add_note(f"raised by actor {self.path} while handling a call")
+                            self.current_reply.fail(exc)
+                    await self._stop_hook(actor, reason)
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
                 if reason is None:
-                    reason = exc
+                    reason = KILLED
                 raise
-            finally:
-                self._finish(reason if reason is not None else KILLED, cid)
+            if reason is None:
+                reason = exc
+            raise
+        finally:
+            self._finish(reason if reason is not None else KILLED, cid)
 
-    def actor_scope(self) -> AbstractAsyncContextManager[Any]:
-        """Async context around the actor's whole life (a supervisor owns a task group)."""
-        return self.actor._lifetime()
-
-    async def _serve(self) -> None:
-        actor = self.actor
-        recv_nowait = self._recv.receive_nowait
-        receive = self._recv.receive
-        handle_cast = actor.handle_cast
+    async def _serve(self, actor: Actor) -> None:
+        # No bound methods kept in locals: an idle actor's frame stays small.
+        recv = self._recv
         handled = 0
         while not self.stopping:
             try:
-                kind, msg, reply = recv_nowait()
+                kind, msg, reply = recv.receive_nowait()
                 empty = False
             except WouldBlock:
                 empty = True
             if empty:
                 # Waiting outside the except clause: an idle actor must not keep the
-                # WouldBlock, its traceback and frames alive (about 450 bytes each).
-                kind, msg, reply = await receive()
+                # WouldBlock, its traceback and frames alive (about 450 bytes each);
+                # nor its last message, which may hold an ended incarnation.
+                msg = reply = None
+                kind, msg, reply = await recv.receive()
                 handled = 0
             else:
                 handled += 1
@@ -480,7 +580,7 @@ class Cell:
                     handled = 0
                     await checkpoint()
             if kind == _CAST:
-                await handle_cast(msg)
+                await actor.handle_cast(msg)
             elif kind == _CALL:
                 if reply.abandoned:
                     continue
@@ -489,14 +589,15 @@ class Cell:
                 self.current_reply = None
                 reply.set(result)
             elif kind == _INFO:
-                if isinstance(msg, Down) and id(msg.monitor) in self.cancelled_monitors:
-                    self.cancelled_monitors.discard(id(msg.monitor))
+                cancelled = self.cancelled_monitors
+                if cancelled and isinstance(msg, Down) and id(msg.monitor) in cancelled:
+                    cancelled.discard(id(msg.monitor))
                     continue
                 await actor.handle_info(msg)
 
-    async def _stop_hook(self, reason: Any) -> None:
+    async def _stop_hook(self, actor: Actor, reason: Any) -> None:
         try:
-            await self.actor.on_stop(reason)
+            await actor.on_stop(reason)
         except Exception as exc:
             self.tree.events.emit(
                 "stop_hook_failed", self.path, self.tree.correlation_id, exc
@@ -528,14 +629,19 @@ class Cell:
                 dropped.append(msg)
         self._recv.close()
         self._send.close()
-        self.started.set()
-        self.done.set()
+        self._set_started()
+        if self._done is not None:
+            self._done.set()
         if dropped:
             self.tree.events.emit(
                 "dropped", self.path, cid or self.tree.correlation_id,
                 count=len(dropped), messages=dropped,
             )
-        for mref, watcher in self.monitors.values():
-            watcher.deliver(Down(self.ref, reason, mref))
-        self.monitors.clear()
-        self._on_exit(self, reason, cid or self.tree.correlation_id)
+        if self.monitors:
+            ref = self.ref
+            for mref, watcher in self.monitors.values():
+                watcher.deliver(Down(ref, reason, mref))
+            self.monitors = None
+        self.handle = None
+        self.actor = None
+        self._parent.child_exited(self, reason, cid or self.tree.correlation_id)

@@ -23,6 +23,27 @@ import structlog
 __all__ = ["Event", "EventLog", "configure_logging", "new_correlation_id"]
 
 _log = structlog.get_logger("supervisor")
+_bound: tuple[Any, Any, Any, Any, Any] = (None, None, None, None, None)
+
+
+def _logger() -> Any:
+    """The events' logger, bound once per structlog configuration.
+
+    Binding on every event (what a lazy proxy does when loggers are not cached) costs
+    far more than a DEBUG call that the level filter turns into a no-op; comparing the
+    configuration makes any ``structlog.configure`` call, ours or a user's, take effect
+    at the next event.
+    """
+    global _bound
+    cfg = structlog.get_config()
+    processors, wrapper, factory, context, logger = _bound
+    if (cfg["processors"] is not processors or cfg["wrapper_class"] is not wrapper
+            or cfg["logger_factory"] is not factory or cfg["context_class"] is not context):
+        logger = _log.bind()
+        _bound = (cfg["processors"], cfg["wrapper_class"], cfg["logger_factory"],
+                  cfg["context_class"], logger)
+    return logger
+
 
 #: Event kinds logged above DEBUG: a supervisor gave up, or a start failed.
 _LOUD = {"intensity_exceeded": "error", "start_failed": "error"}
@@ -98,7 +119,7 @@ class EventBus:
             fields["error"] = repr(error)
             if level != "debug":
                 fields["exc_info"] = error
-        getattr(_log, level)(kind, path=path, correlation_id=correlation_id, **fields)
+        getattr(_logger(), level)(kind, path=path, correlation_id=correlation_id, **fields)
 
 
 class EventLog:

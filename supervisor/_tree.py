@@ -92,13 +92,13 @@ class Tree:
         await tg.__aenter__()
         self._tg = tg
         spec = self.spec
-        root = Cell(self, spec.id, Supervisor(spec), math.inf, 1, self._root_exited,
+        root = Cell(self, spec.id, Supervisor(spec), math.inf, 1, self,
                     name=spec.name)
         self._root = root
         if spec.name is not None:
             self.register(spec.name, root)
-        tg.start_soon(root.run, name=spec.id)
-        await root.started.wait()
+        root.spawn(tg)
+        await root.wait_started()
         if root.start_error is not None:
             self._cancel_system()
             await tg.__aexit__(None, None, None)
@@ -126,7 +126,8 @@ class Tree:
             raise self.crash
         return False
 
-    def _root_exited(self, cell: Cell, reason: Any, correlation_id: str) -> None:
+    def child_exited(self, cell: Cell, reason: Any, correlation_id: str) -> None:
+        """The root supervisor ended: record the exit code, report a crash."""
         assert self._tg is not None
         if is_normal(reason):
             self.events.emit("stopped", cell.path, correlation_id, reason=reason)
@@ -150,7 +151,7 @@ class Tree:
     async def wait(self) -> None:
         """Wait until the root supervisor has ended (by shutdown, auto-shutdown or crash)."""
         assert self._root is not None
-        await self._root.done.wait()
+        await self._root.wait_done()
 
     @property
     def running(self) -> bool:

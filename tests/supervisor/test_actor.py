@@ -211,7 +211,7 @@ async def test_monitor_delivers_one_down_and_demonitor_cancels_it() -> None:
                 await anyio.sleep(0.001)
         await anyio.sleep(0.02)
         assert len(downs) == 1
-        assert downs[0].ref is a
+        assert downs[0].ref == a
         assert repr(downs[0].reason) == "ValueError('a crashed')"
         # monitoring an incarnation that already ended delivers Down at once
         await watcher.call(("monitor", a))
@@ -269,7 +269,7 @@ async def test_named_ref_reaches_the_new_incarnation() -> None:
         await log.wait_for("restarted", "root/w")
         await named.cast(1)
         assert await named.call("get") == ("w", 1)
-        assert tree.whereis("counter") is not first
+        assert tree.whereis("counter") != first
 
 
 async def test_handler_exception_in_cast_crashes_the_actor() -> None:

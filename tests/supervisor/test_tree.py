@@ -43,8 +43,8 @@ async def test_lookups_of_absent_names_fail_clearly() -> None:
                 "no actor named 'nope' in this tree (not registered, no such path,"
                 " or not running now)")):
             tree.whereis("nope")
-        assert tree.whereis("root/w") is tree.whereis("w")
-        assert tree.whereis("root") is tree.root
+        assert tree.whereis("root/w") == tree.whereis("w")
+        assert tree.whereis("root") == tree.root
         with pytest.raises(TypeError, match="actor root/w is not a supervisor"):
             tree.supervisor("w")
 
