@@ -276,8 +276,13 @@ class ActorRef:
         global _fast_casts
         cell = self._cell
         # The cancellation point comes before the send: a cast that raised Cancelled
-        # was never delivered.
-        await fast_path_checkpoint()
+        # was never delivered. (fast_path_checkpoint, inlined: the hottest path.)
+        _fast_casts += 1
+        if _fast_casts >= _YIELD_EVERY:
+            _fast_casts = 0
+            await checkpoint()
+        else:
+            await checkpoint_if_cancelled()
         try:
             cell._send.send_nowait((_CAST, msg, None))
         except WouldBlock:
@@ -558,21 +563,25 @@ class Cell:
             self._finish(reason if reason is not None else KILLED, cid)
 
     async def _serve(self, actor: Actor) -> None:
-        # No bound methods kept in locals: an idle actor's frame stays small.
         recv = self._recv
+        receive_nowait: Any = recv.receive_nowait
+        handle_cast: Any = actor.handle_cast
         handled = 0
         while not self.stopping:
             try:
-                kind, msg, reply = recv.receive_nowait()
+                kind, msg, reply = receive_nowait()
                 empty = False
             except WouldBlock:
                 empty = True
             if empty:
                 # Waiting outside the except clause: an idle actor must not keep the
                 # WouldBlock, its traceback and frames alive (about 450 bytes each);
-                # nor its last message, which may hold an ended incarnation.
-                msg = reply = None
+                # nor its last message, which may hold an ended incarnation, nor bound
+                # methods (kept between messages only for speed).
+                msg = reply = receive_nowait = handle_cast = None
                 kind, msg, reply = await recv.receive()
+                receive_nowait = recv.receive_nowait
+                handle_cast = actor.handle_cast
                 handled = 0
             else:
                 handled += 1
@@ -580,7 +589,7 @@ class Cell:
                     handled = 0
                     await checkpoint()
             if kind == _CAST:
-                await actor.handle_cast(msg)
+                await handle_cast(msg)
             elif kind == _CALL:
                 if reply.abandoned:
                     continue
