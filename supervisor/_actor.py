@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +24,11 @@ import anyio
 import attrs
 from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
+
+try:  # anyio's own backend lookup, done once per cell instead of on every cast
+    from anyio._core._eventloop import get_async_backend
+except ImportError:  # pragma: no cover - a later anyio moved it: use the public path
+    get_async_backend = None
 
 from ._errors import ActorExited, CallTimeout, MailboxFull
 from ._events import current_correlation_id
@@ -282,7 +288,7 @@ class ActorRef:
             _fast_casts = 0
             await checkpoint()
         else:
-            await checkpoint_if_cancelled()
+            await cell.checkpoint_if_cancelled()
         try:
             cell._send.send_nowait((_CAST, msg, None))
         except WouldBlock:
@@ -354,9 +360,9 @@ class Cell:
 
     __slots__ = (
         "_done", "_parent", "_recv", "_ref_class", "_send", "_started", "actor",
-        "cancelled_monitors", "current_reply", "handle", "incarnation", "kill_requested",
-        "mailbox_size", "monitors", "name", "path", "reason", "start_error", "started",
-        "stop_reason", "stopping", "tree",
+        "cancelled_monitors", "checkpoint_if_cancelled", "current_reply", "handle",
+        "incarnation", "kill_requested", "mailbox_size", "monitors", "name", "path",
+        "reason", "start_error", "started", "stop_reason", "stopping", "tree",
     )
 
     def __init__(
@@ -377,6 +383,9 @@ class Cell:
         self.incarnation = incarnation
         self.name = name
         self._parent = parent
+        #: The backend's checkpoint_if_cancelled, resolved once (the tree's, shared).
+        self.checkpoint_if_cancelled: Callable[[], Awaitable[None]] = (
+            tree.checkpoint_if_cancelled)
         # Unsubscripted: calling a subscripted generic goes through typing's machinery.
         self._send: MemoryObjectSendStream[tuple[int, Any, Any]]
         self._recv: MemoryObjectReceiveStream[tuple[int, Any, Any]]

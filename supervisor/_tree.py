@@ -15,8 +15,9 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
-from ._actor import SHUTDOWN, ActorRef, Cell, Timer, is_normal
+from ._actor import SHUTDOWN, ActorRef, Cell, Timer, get_async_backend, is_normal
 from ._errors import AlreadyRegistered, NoSuchActor
 from ._events import EventBus, Subscriber, new_correlation_id
 from ._spec import SupervisorSpec
@@ -84,10 +85,15 @@ class Tree:
         self._system: set[anyio.CancelScope] = set()
         self._tg: anyio.abc.TaskGroup | None = None
         self._root: Cell | None = None
+        #: anyio's checkpoint_if_cancelled; the backend's own once the tree runs.
+        self.checkpoint_if_cancelled: Callable[[], Awaitable[None]] = (
+            anyio.lowlevel.checkpoint_if_cancelled)
 
     # -- running -----------------------------------------------------------------------
 
     async def __aenter__(self) -> Tree:
+        if get_async_backend is not None:
+            self.checkpoint_if_cancelled = get_async_backend().checkpoint_if_cancelled
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
