@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from supervisor import Actor, ChildSpec, Event, EventLog, Restart
 
@@ -50,6 +51,18 @@ class Worker(Actor):
 
     async def on_stop(self, reason: Any) -> None:
         self.journal.append(f"stop {self.name}")
+
+
+class Ticker:
+    """A task body that counts how often the scheduler let it run."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def run(self) -> None:
+        while True:
+            self.ticks += 1
+            await anyio.lowlevel.checkpoint()
 
 
 class Gate:

@@ -6,7 +6,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from corehelp import Gate, Worker, worker
+from corehelp import Gate, Ticker, Worker, worker
 
 from supervisor import (
     Actor,
@@ -152,14 +152,8 @@ async def test_flooding_producer_is_cancelled_promptly_and_others_run() -> None:
     """A producer casting in a tight loop yields to others and stops at once when cancelled."""
     async with start_tree(tree_of(ChildSpec("sink", Sink))) as tree:
         ref = tree.whereis("sink")
-        ticks = 0
+        ticker = Ticker()
         sent = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await anyio.lowlevel.checkpoint()
 
         async def flood() -> None:
             nonlocal sent
@@ -168,12 +162,12 @@ async def test_flooding_producer_is_cancelled_promptly_and_others_run() -> None:
                 sent += 1
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker)
+            tg.start_soon(ticker.run)
             tg.start_soon(flood)
             while sent < 5000:
                 await anyio.sleep(0.001)
             tg.cancel_scope.cancel()
-        assert ticks >= sent // 64 - 1
+        assert ticker.ticks >= sent // 64 - 1
         seen_at_cancel = sent
         assert await ref.call("get") == seen_at_cancel
 

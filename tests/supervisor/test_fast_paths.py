@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
-from corehelp import Gate, Worker
+from corehelp import Gate, Ticker, Worker
 
 from supervisor import (
     Actor,
@@ -143,21 +143,14 @@ async def test_a_loop_of_starts_lets_others_run_and_is_cancellable() -> None:
     spec = SupervisorSpec("root", children=[SupervisorSpec("pool")])
     async with start_tree(spec) as tree:
         pool = tree.supervisor("pool")
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await anyio.lowlevel.checkpoint()
-
+        ticker = Ticker()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker)
+            tg.start_soon(ticker.run)
             await anyio.lowlevel.checkpoint()
-            before = ticks
+            before = ticker.ticks
             for i in range(256):
                 await pool.start_child(plain(f"p{i}"))
-            assert ticks - before >= 256 // 64 - 1
+            assert ticker.ticks - before >= 256 // 64 - 1
             tg.cancel_scope.cancel()
         assert (await pool.count_children()).active == 256
         with anyio.CancelScope() as scope:
