@@ -15,7 +15,6 @@ waits (backpressure).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,7 +24,7 @@ import attrs
 from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
-try:  # anyio's own backend lookup, done once per cell instead of on every cast
+try:  # anyio's own backend lookup, done once per tree instead of on every cast
     from anyio._core._eventloop import get_async_backend
 except ImportError:  # pragma: no cover - a later anyio moved it: use the public path
     get_async_backend = None
@@ -80,9 +79,12 @@ async def fast_path_checkpoint() -> None:
         await checkpoint_if_cancelled()
 
 
-def needs_start(actor_class: type[Actor]) -> bool:
-    """True if the class overrides ``on_start``: its start must be waited for."""
-    return actor_class.on_start is not Actor.on_start
+def needs_start(actor: Actor | type[Actor]) -> bool:
+    """True if ``actor`` (an instance or a class) has an ``on_start`` to wait for."""
+    if isinstance(actor, type):
+        return actor.on_start is not Actor.on_start
+    return type(actor).on_start is not Actor.on_start or "on_start" in getattr(
+        actor, "__dict__", ())
 
 
 def describe_reason(reason: Any) -> str:
@@ -242,7 +244,9 @@ class ActorRef:
         self._cell = cell
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ActorRef) and other._cell is self._cell
+        if not isinstance(other, ActorRef):
+            return NotImplemented
+        return other._cell is self._cell
 
     def __hash__(self) -> int:
         return object.__hash__(self._cell)
@@ -411,18 +415,22 @@ class Cell:
         """A ref to this incarnation (a new object each time; refs compare by cell)."""
         return self._ref_class(self)
 
-    def spawn(self, tg: anyio.abc.TaskGroup, context: contextvars.Context | None = None) -> None:
-        """Start the incarnation's task in ``tg`` (in a copy of ``context``, if given)."""
-        self.handle = tg.create_task(self.run(), name=self.path, context=context)
+    def spawn(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start the incarnation's task in ``tg``, in a copy of the current context."""
+        self.handle = tg.create_task(self.run(), name=self.path)
         if self.kill_requested:
             self.handle.cancel()
 
     @property
     def idle(self) -> bool:
-        """True while the task waits on an empty mailbox and nothing was handed to it."""
+        """True while the task waits on an empty mailbox and nothing was handed to it.
+
+        A task that was asked to stop or was killed may still be listed as waiting until
+        it runs again: it is not idle.
+        """
         stats = self._recv.statistics()
         return (stats.tasks_waiting_receive > 0 and not stats.current_buffer_used
-                and not self.stopping)
+                and not self.stopping and not self.kill_requested and self.reason is None)
 
     async def wait_started(self) -> None:
         """Wait until ``on_start`` has returned or failed (or the incarnation ended)."""

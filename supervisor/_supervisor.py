@@ -28,9 +28,9 @@ restarts them following Erlang/OTP's ``supervisor`` module:
   :class:`SupervisorRef`; ``max_children`` bounds them. Children started dynamically are
   forgotten when terminated; static ones stay listed as terminated until deleted.
   A child whose class has no ``on_start`` is started by ``start_child`` without a round
-  trip when the supervisor is idle (:meth:`Supervisor.start_now`): the supervisor would
-  run the same steps next and without a pause, so nobody can tell the difference.
-  Children always run in a copy of the supervisor's context, never the caller's.
+  trip when the supervisor is idle (:meth:`Supervisor.start_now`): the same steps the
+  supervisor would run next, without a pause, in a copy of its context (the factory, the
+  events and the child never see the caller's context variables).
 
 Differences from OTP, forced by Python: exits are reported to the supervisor as messages
 from the child's own task (there are no links); a child is "killed" by cancelling its
@@ -40,6 +40,7 @@ task, so code that swallows cancellation can delay its own end.
 from __future__ import annotations
 
 import contextvars
+import math
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -147,6 +148,13 @@ class _Refused:
     error: Exception
 
 
+def _deadline(asked: tuple[Cell, float | str | None]) -> float:
+    shutdown = asked[1]
+    if shutdown is None:
+        return math.inf
+    return -math.inf if shutdown == "brutal" else float(shutdown)
+
+
 class Supervisor(Actor):
     """The supervisor actor; build it from a :class:`SupervisorSpec`."""
 
@@ -175,7 +183,8 @@ class Supervisor(Actor):
     # -- lifecycle ---------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        self._context = contextvars.copy_context()  # this task's, for children
+        # A copy of this task's context: where start_now runs, for the same result.
+        self._context = contextvars.copy_context()
         for spec in self.spec.children:
             child = _Child(spec, dynamic=False)
             self._children[spec.id] = child
@@ -203,22 +212,27 @@ class Supervisor(Actor):
 
     # -- starting and stopping one child ------------------------------------------------
 
-    async def _start(self, child: _Child) -> ActorRef:
-        cell, wait = self._launch(child)
-        if wait:
+    async def _start(self, child: _Child, actor: Actor | None = None) -> ActorRef:
+        if actor is None:
+            actor = self._make(child)
+        cell = self._launch(child, actor)
+        if needs_start(actor):
             await cell.wait_started()
         return self._started(child, cell)
 
-    def _launch(self, child: _Child) -> tuple[Cell, bool]:
-        """Make the incarnation and start its task; True if its on_start must be awaited."""
+    def _make(self, child: _Child) -> Actor:
+        try:
+            return child.spec.factory()
+        except Exception as exc:
+            path = f"{self.path}/{child.spec.id}"
+            self.tree.events.emit("start_failed", path, self.tree.correlation_id, exc)
+            raise StartError(path, exc) from exc
+
+    def _launch(self, child: _Child, actor: Actor) -> Cell:
+        """Make the incarnation of ``actor`` and start its task (in this context)."""
         spec = child.spec
         path = f"{self.path}/{spec.id}"
         tree = self.tree
-        try:
-            actor = spec.factory()
-        except Exception as exc:
-            tree.events.emit("start_failed", path, tree.correlation_id, exc)
-            raise StartError(path, exc) from exc
         child.incarnation += 1
         cell = Cell(tree, path, actor, spec.mailbox_size, child.incarnation,
                     self, name=spec.name)
@@ -232,10 +246,8 @@ class Supervisor(Actor):
         child.cell = cell
         child.state = "running"
         assert self._tg is not None
-        # Children run in the supervisor's context even when started from a caller's
-        # task (see start_now), so a caller's context variables never leak into them.
-        cell.spawn(self._tg, self._context)
-        return cell, needs_start(type(actor))
+        cell.spawn(self._tg)
+        return cell
 
     def _started(self, child: _Child, cell: Cell) -> ActorRef:
         tree = self.tree
@@ -259,7 +271,8 @@ class Supervisor(Actor):
                 cell.ask_stop(child.spec.shutdown)
                 asked.append((cell, child.spec.shutdown))
         now = anyio.current_time()
-        for cell, shutdown in asked:
+        # Waited for by deadline, so one slow child never delays the kill of another.
+        for cell, shutdown in sorted(asked, key=_deadline):
             await cell.await_stop(shutdown, now)
             self.tree.events.emit("terminated", cell.path, self.tree.correlation_id,
                                   reason=describe_reason(cell.reason))
@@ -402,33 +415,42 @@ class Supervisor(Actor):
         except (ChildError, StartError) as exc:
             return _Refused(exc)
 
-    async def _op_start_child(self, spec: AnySpec) -> ActorRef:
+    async def _op_start_child(self, spec: AnySpec, actor: Actor | None = None) -> ActorRef:
         child = self._add_dynamic(spec)
         try:
-            return await self._start(child)
+            return await self._start(child, actor)
         except StartError:
             del self._children[spec.id]
             raise
 
-    def start_now(self, spec: ChildSpec) -> ActorRef | None:
+    def start_now(self, spec: ChildSpec) -> ActorRef | Actor | None:
         """``start_child`` done at once in the caller's task, when that changes nothing.
 
         That is when this supervisor waits on an empty mailbox (so the request would be
         the next message it handles) and the child's actor class has no ``on_start``
         (so handling it would not wait for anything): the start then runs to its end
-        without a pause, exactly as the supervisor would run it, and saves the two task
-        switches of a call. Returns None when the request must go through the mailbox.
+        without a pause, in the supervisor's context, as the supervisor would run it,
+        and saves the two task switches of a call. Returns the new child's ref; None
+        when the request must go through the mailbox; or the actor itself when it has
+        an ``on_start`` of its own after all (set on the instance), so that the
+        supervisor starts that actor rather than building another.
         """
         factory = spec.factory
         if not (isinstance(factory, type) and not needs_start(factory)
                 and self._cell.idle and not self._stopping):
             return None
+        return self._context.run(self._start_now, spec)
+
+    def _start_now(self, spec: ChildSpec) -> ActorRef | Actor:
         child = self._add_dynamic(spec)
         try:
-            cell, _ = self._launch(child)
-            return self._started(child, cell)
+            actor = self._make(child)
+            if needs_start(actor):
+                del self._children[spec.id]
+                return actor
+            return self._started(child, self._launch(child, actor))
         except StartError:
-            del self._children[spec.id]
+            self._children.pop(spec.id, None)
             raise
 
     def _add_dynamic(self, spec: AnySpec) -> _Child:
@@ -507,12 +529,13 @@ class SupervisorRef(ActorRef):
         path honours cancellation and yields to the scheduler at least every 64 starts.
         """
         sup = self._cell.actor
+        built = None
         if isinstance(spec, ChildSpec) and isinstance(sup, Supervisor):
             await fast_path_checkpoint()
-            ref = sup.start_now(spec)
-            if ref is not None:
-                return ref
-        return await self._op("start_child", spec, timeout=timeout)
+            built = sup.start_now(spec)
+            if isinstance(built, ActorRef):
+                return built
+        return await self._op("start_child", spec, built, timeout=timeout)
 
     async def terminate_child(self, child_id: str, timeout: float | None = None) -> None:
         """Stop a child as at shutdown; a dynamic child is forgotten."""

@@ -18,8 +18,10 @@ from corehelp import Gate, Ticker, Worker
 
 from supervisor import (
     Actor,
+    ActorExited,
     ChildError,
     ChildSpec,
+    Event,
     EventLog,
     NoSuchActor,
     Restart,
@@ -129,14 +131,26 @@ async def test_a_busy_supervisor_takes_the_start_in_order(
 
 
 async def test_children_run_in_the_supervisors_context_not_the_callers() -> None:
-    async with start_tree(POOL) as tree:
+    """The factory, the event subscribers and the child never see the caller's variables."""
+    seen: list[tuple[str, str]] = []
+
+    class Recorder(Plain):  # a class without on_start: the quick path
+        def __init__(self) -> None:
+            seen.append(("factory", caller_var.get()))
+
+    def on_event(event: Event) -> None:
+        if event.kind == "started" and event.path.startswith("root/pool/"):
+            seen.append(("event", caller_var.get()))
+
+    async with start_tree(POOL, subscribe=[on_event]) as tree:
         pool = tree.supervisor("pool")
         token = caller_var.set("caller's value")
         try:
-            ref = await pool.start_child(plain("a"))
+            ref = await pool.start_child(ChildSpec("a", Recorder))
         finally:
             caller_var.reset(token)
         assert await ref.call("var") == "unset"
+    assert seen == [("factory", "unset"), ("event", "unset")]
 
 
 async def test_a_loop_of_starts_lets_others_run_and_is_cancellable() -> None:
@@ -193,21 +207,60 @@ async def test_dynamic_children_are_asked_to_stop_together() -> None:
     assert {e.data["reason"] for e in terminated} == {"shutdown"}
 
 
-async def test_a_dynamic_child_that_ignores_its_stop_is_killed_after_its_own_time() -> None:
+class SlowToStop(Actor):
+    async def on_stop(self, reason: Any) -> None:
+        await anyio.sleep(0.5)
+
+
+async def test_a_slow_dynamic_child_does_not_delay_the_kill_of_a_stuck_one() -> None:
+    """Each dynamic child is killed at its own deadline, whatever its siblings do."""
     spec = SupervisorSpec("root", children=[SupervisorSpec("pool")])
     log = EventLog()
     async with start_tree(spec, subscribe=[log]) as tree:
         pool = tree.supervisor("pool")
+        slow = await pool.start_child(ChildSpec("slow", SlowToStop, shutdown=5.0))
         stuck = await pool.start_child(ChildSpec("stuck", lambda: Worker("stuck"),
-                                                 shutdown=0.2))
-        quick = await pool.start_child(plain("quick", shutdown=5.0))
+                                                 shutdown=0.1))
         gate = Gate()
         await stuck.cast(gate)
         await gate.entered.wait()
-        start = anyio.current_time()
-    assert anyio.current_time() - start < 2.0
     assert stuck.exit_reason == "killed"
-    assert quick.exit_reason == "shutdown"
+    assert slow.exit_reason == "shutdown"
+    assert [e.path for e in log.of("terminated") if "/pool/" in e.path] == [
+        "root/pool/stuck", "root/pool/slow"]
+
+
+async def test_a_killed_supervisor_refuses_starts_on_both_paths() -> None:
+    """Between a kill and its task's next step the supervisor is not idle."""
+    spec = SupervisorSpec("root", children=[SupervisorSpec("pool", restart=Restart.TEMPORARY)])
+    async with start_tree(spec) as tree:
+        pool = tree.supervisor("pool")
+        pool._cell.kill()
+        with pytest.raises(ActorExited, match="root/pool"):
+            await pool.start_child(plain("p"))
+        with pytest.raises(ActorExited, match="root/pool"):
+            await pool.start_child(ChildSpec("w", lambda: Worker("w")))
+
+
+async def test_an_on_start_set_on_the_instance_is_waited_for() -> None:
+    built: list[Plain] = []
+
+    async def refuse() -> None:
+        raise RuntimeError("not today")
+
+    class SelfStarting(Plain):
+        """Its class has no on_start (so start_child tries the quick path); its instance does."""
+
+        def __init__(self) -> None:
+            self.on_start = refuse  # type: ignore[method-assign]
+            built.append(self)
+
+    async with start_tree(POOL) as tree:
+        pool = tree.supervisor("pool")
+        with pytest.raises(StartError, match="not today"):
+            await pool.start_child(ChildSpec("odd", SelfStarting))
+        assert len(built) == 1
+        assert await pool.which_children() == []
 
 
 async def test_refs_are_values() -> None:
