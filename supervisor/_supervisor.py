@@ -60,7 +60,15 @@ from ._actor import (
     needs_start,
 )
 from ._errors import AlreadyRegistered, ChildError, IntensityExceeded, StartError
-from ._spec import AnySpec, AutoShutdown, ChildSpec, Restart, Strategy, SupervisorSpec
+from ._spec import (
+    BRUTAL,
+    AnySpec,
+    AutoShutdown,
+    ChildSpec,
+    Restart,
+    Strategy,
+    SupervisorSpec,
+)
 
 __all__ = [
     "ChildCounts",
@@ -152,7 +160,7 @@ def _deadline(asked: tuple[Cell, float | str | None]) -> float:
     shutdown = asked[1]
     if shutdown is None:
         return math.inf
-    return -math.inf if shutdown == "brutal" else float(shutdown)
+    return -math.inf if shutdown == BRUTAL else float(shutdown)
 
 
 class Supervisor(Actor):
@@ -165,6 +173,7 @@ class Supervisor(Actor):
         self._tg: anyio.abc.TaskGroup | None = None
         self._stopping = False
         self._rng = random.Random()
+        # Where start_now runs; on_start replaces it with a copy of this actor's own.
         self._context = contextvars.copy_context()
 
     @asynccontextmanager
@@ -183,7 +192,6 @@ class Supervisor(Actor):
     # -- lifecycle ---------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        # A copy of this task's context: where start_now runs, for the same result.
         self._context = contextvars.copy_context()
         for spec in self.spec.children:
             child = _Child(spec, dynamic=False)
