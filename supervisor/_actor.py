@@ -63,12 +63,15 @@ class Parent(Protocol):
     def child_exited(self, cell: Cell, reason: Any, correlation_id: str) -> None: ...
 
 
-async def fast_path_checkpoint() -> None:
+async def fast_path_checkpoint(
+    if_cancelled: Callable[[], Awaitable[None]] = checkpoint_if_cancelled,
+) -> None:
     """Honour cancellation; yield to the scheduler once every 64 calls.
 
     Operations that complete without waiting (a cast into a mailbox with room, a child
     started without a round trip) call this first, so a loop of them is still
-    cancellable at every step and never starves the other tasks.
+    cancellable at every step and never starves the other tasks. ``if_cancelled`` is
+    the tree's resolved ``checkpoint_if_cancelled`` where the caller has it.
     """
     global _fast_casts
     _fast_casts += 1
@@ -76,7 +79,7 @@ async def fast_path_checkpoint() -> None:
         _fast_casts = 0
         await checkpoint()
     else:
-        await checkpoint_if_cancelled()
+        await if_cancelled()
 
 
 def needs_start(actor: Actor | type[Actor]) -> bool:

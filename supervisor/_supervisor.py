@@ -539,7 +539,7 @@ class SupervisorRef(ActorRef):
         sup = self._cell.actor
         built = None
         if isinstance(spec, ChildSpec) and isinstance(sup, Supervisor):
-            await fast_path_checkpoint()
+            await fast_path_checkpoint(self._cell.checkpoint_if_cancelled)
             built = sup.start_now(spec)
             if isinstance(built, ActorRef):
                 return built
