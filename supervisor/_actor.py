@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - a later anyio moved it: use the public
 
 from ._errors import ActorExited, CallTimeout, MailboxFull
 from ._events import current_correlation_id
+from ._spec import BRUTAL
 
 if TYPE_CHECKING:
     from anyio import TaskHandle
@@ -528,14 +529,14 @@ class Cell:
     def ask_stop(self, shutdown: float | str | None) -> None:
         """First half of :meth:`stop`: ask the actor to end (``brutal``: kill it)."""
         if self.reason is None:
-            if shutdown == "brutal":
+            if shutdown == BRUTAL:
                 self.kill()
             else:
                 self.request_stop(SHUTDOWN)
 
     async def await_stop(self, shutdown: float | str | None, asked_at: float) -> None:
         """Second half of :meth:`stop`: wait until ``asked_at + shutdown``, then kill."""
-        if self.reason is None and shutdown is not None and shutdown != "brutal":
+        if self.reason is None and shutdown is not None and shutdown != BRUTAL:
             with anyio.CancelScope(deadline=asked_at + float(shutdown)):  # type: ignore[arg-type]
                 await self.wait_done()
             if self.reason is None:
